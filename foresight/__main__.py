@@ -1,0 +1,3 @@
+from foresight.cli import main
+
+raise SystemExit(main())

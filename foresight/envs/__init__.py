@@ -1,0 +1,19 @@
+"""Gymnasium environments with camera-image observations, registered as ``foresight/<Name>-v0``.
+
+Every environment follows the contract in DESIGN.md: the observation is a ``uint8 (H, W, C)``
+image, ``info["state"]`` is the true low-dimensional state, ``info["points"]`` the ``(K, 2)``
+(row, col) pixels of the tracked objects, and ``env.unwrapped.get_sim_state()`` /
+``set_sim_state(s)`` save and restore the simulator exactly.
+"""
+from gymnasium.envs.registration import register, registry
+
+ENVS = {
+    "foresight/PointPush-v0": "foresight.envs.point_push:PointPushEnv",
+    "foresight/ArmPush-v0": "foresight.envs.arm_push:ArmPushEnv",
+    "foresight/Planar-v0": "foresight.envs.planar:PlanarEnv",
+    "foresight/Pendulum-v0": "foresight.envs.pendulum:PendulumEnv",
+}
+
+for _id, _entry in ENVS.items():
+    if _id not in registry:
+        register(id=_id, entry_point=_entry)
