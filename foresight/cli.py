@@ -91,7 +91,7 @@ def cmd_data_info(args) -> int:
           f"{info['bytes'] / 1e6:.1f} MB")
     for key in ("frames", "actions", "states", "points"):
         print(f"{key:<12} {tuple(sh[key])}")
-    print(f"points       {', '.join(info['point_names'] or [])}")
+    print(f"tracked      {', '.join(info['point_names'] or [])}")
     space = info["action_space"]
     print(f"actions      range {space['low']} .. {space['high']}; seen {info['actions_seen']['min']} .. "
           f"{info['actions_seen']['max']}")
@@ -134,7 +134,7 @@ def show_dataset(root: str | Path, episodes: int = 4, out: str | Path | None = N
     gif = [viz.grid([[viz.draw_points(ep["frames"][t], ep["points"][t], scale=4) for ep in picked]]) for t in range(T)]
     every = max(1, T // 10)
     sheet = viz.grid([viz.episode_strip(ep["frames"], ep["points"], every, scale=3) for ep in picked])
-    return {"gif": viz.write_gif(out / "episodes.gif", gif, fps=8), "sheet": viz.write_png(out / "contact_sheet.png", sheet)}
+    return {"gif": viz.write_gif(out / "episodes.gif", gif, fps=10), "sheet": viz.write_png(out / "contact_sheet.png", sheet)}
 
 
 def cmd_demo(args) -> int:

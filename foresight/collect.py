@@ -7,6 +7,7 @@ killed collection resumes by regenerating exactly the shards the manifest does n
 """
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import queue
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -81,7 +82,8 @@ class ExplorationPolicy:
             self.left = self.r.repeat
             rho = self.r.smoothing
             self.noise = rho * self.noise + np.sqrt(1 - rho**2) * self.rng.standard_normal(self.noise.shape)
-            unit = np.clip(self.noise * self.r.scale, -1, 1)  # in [-1, 1]
+            # The normal CDF maps the correlated Gaussian noise to actions uniform over the range.
+            unit = self.r.scale * np.array([math.erf(x / math.sqrt(2)) for x in self.noise.ravel()]).reshape(self.noise.shape)
             action = self.low + (unit + 1) / 2 * (self.high - self.low)
             if self.steering and self.rng.random() < self.r.steer_prob:
                 if self.rng.random() < 0.2:

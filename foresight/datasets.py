@@ -94,10 +94,13 @@ class ShardWriter:
         g = self.file.create_group(episode_name(index))
         for key in KEYS:
             data = episode[key]
-            # One frame per chunk: a training window reads only the frames it needs.
-            chunks = (1, *data.shape[1:]) if key == "frames" else None
-            g.create_dataset(key, data=data, chunks=chunks, compression="lzf" if key == "frames" else None,
-                             track_times=False)
+            if key == "frames":
+                # One frame per chunk, so a training window reads only the frames it needs. Deflate, not
+                # LZF: LZF's output depends on uninitialised memory, which would break byte-identical shards.
+                g.create_dataset(key, data=data, chunks=(1, *data.shape[1:]), compression="gzip",
+                                 compression_opts=1, track_times=False)
+            else:
+                g.create_dataset(key, data=data, track_times=False)
 
     def __exit__(self, exc_type, exc, tb):
         self.file.close()

@@ -1,0 +1,202 @@
+"""Collection: determinism across worker counts, kill-and-resume, verify, windows, the data commands."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from foresight import collect, datasets, recipes
+from foresight.errors import ForesightError
+
+RECIPE = """
+name = "planar_tiny"
+env = "foresight/Planar-v0"
+episodes = 24
+steps = 5
+seed = 7
+shard_size = 5
+[policy]
+kind = "random"
+repeat = 2
+smoothing = 0.5
+"""
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    p = tmp_path / "planar_tiny.toml"
+    p.write_text(RECIPE)
+    return p
+
+
+def load(path, *overrides):
+    return recipes.load(collect.CollectRecipe, path, list(overrides))
+
+
+def shard_digests(root):
+    m = datasets.read_manifest(root)
+    return [(s["file"], s["episodes"], s["sha256"]) for s in m["shards"]]
+
+
+@pytest.fixture
+def reference(tmp_path, recipe_file):
+    out = collect.collect(load(recipe_file), tmp_path / "ref", workers=1, progress=False)
+    return out
+
+
+def test_dataset_layout_matches_manifest(reference):
+    m = datasets.read_manifest(reference)
+    assert m["complete"] and m["episodes"] == 24 and len(m["shards"]) == 5  # 5+5+5+5+4
+    assert m["shapes"] == {"frames": [6, 40, 40, 1], "actions": [5, 2], "states": [6, 2], "points": [6, 1, 2]}
+    assert m["recipe"]["seed"] == 7 and m["env"]["id"] == "foresight/Planar-v0"
+    store = datasets.EpisodeStore(reference)
+    assert len(store) == 24 and store.verify() == []
+    ep = store.episode(23)
+    assert ep["frames"].dtype == np.uint8 and ep["actions"].dtype == np.float32
+    assert np.all(np.abs(ep["actions"]) <= 3.0)
+    # action repeat 2: actions come in equal pairs
+    assert np.array_equal(ep["actions"][0], ep["actions"][1]) and np.array_equal(ep["actions"][2], ep["actions"][3])
+    # the recorded points are the agent's pixel: the frame is bright there
+    for t in range(6):
+        r, c = np.round(ep["points"][t, 0]).astype(int)
+        assert ep["frames"][t, r, c, 0] > 200
+
+
+def test_same_seed_same_bytes_whatever_the_number_of_workers(tmp_path, recipe_file, reference):
+    two = collect.collect(load(recipe_file), tmp_path / "two", workers=2, progress=False)
+    assert shard_digests(two) == shard_digests(reference)
+    other = collect.collect(load(recipe_file, "seed=8"), tmp_path / "other", workers=1, progress=False)
+    assert shard_digests(other) != shard_digests(reference)
+
+
+def test_resume_after_crash_states(tmp_path, recipe_file, reference):
+    """The on-disk states a kill can leave: a stray .tmp, a shard published but not yet in the manifest."""
+    out = tmp_path / "crash"
+    collect.collect(load(recipe_file, "episodes=10"), out, progress=False)  # two shards done
+    (out / "shard-00002.h5.tmp").write_bytes(b"half a shard")
+    (out / "shard-00003.h5").write_bytes(b"published before the manifest was rewritten")
+    collect.collect(load(recipe_file), out, progress=False)
+    assert shard_digests(out) == shard_digests(reference)
+    assert not list(out.glob("*.tmp"))
+    assert datasets.EpisodeStore(out).verify() == []
+
+
+def test_kill_at_any_moment_then_resume(tmp_path, recipe_file, reference):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "foresight", "collect", str(recipe_file), "--out", str(out), "--no-progress",
+           "--set", "episodes=240", "--set", "shard_size=20"]
+    for delay in (1.2, 1.9, 2.6):  # interpreter start-up is ~1 s: kill during set-up and mid-collection
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if (out / "manifest.json").exists():  # whatever a reader sees is consistent
+            store = datasets.EpisodeStore(out) if datasets.read_manifest(out)["shards"] else None
+            assert store is None or store.verify() in ([], [p for p in store.verify() if "run the same" in p])
+    assert subprocess.run(cmd).returncode == 0
+    full = collect.collect(load(recipe_file, "episodes=240", "shard_size=20"), tmp_path / "full", progress=False)
+    assert shard_digests(out) == shard_digests(full)
+    assert datasets.EpisodeStore(out).verify() == []
+
+
+def test_more_episodes_extends_and_changed_recipe_is_refused(tmp_path, recipe_file, reference):
+    out = tmp_path / "grow"
+    collect.collect(load(recipe_file, "episodes=12"), out, progress=False)
+    collect.collect(load(recipe_file), out, progress=False)
+    assert shard_digests(out) == shard_digests(reference)
+    with pytest.raises(ForesightError, match="seed"):
+        collect.collect(load(recipe_file, "seed=9"), out, progress=False)
+    assert shard_digests(out) == shard_digests(reference)  # nothing lost
+
+
+def test_verify_catches_a_flipped_byte(tmp_path, reference):
+    shard = reference / "shard-00002.h5"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    problems = datasets.EpisodeStore(reference).verify()
+    assert len(problems) == 1 and "shard-00002.h5" in problems[0] and "sha256" in problems[0]
+    run = subprocess.run([sys.executable, "-m", "foresight", "data", "verify", str(reference)],
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and "shard-00002.h5" in run.stderr
+
+
+def test_verify_catches_a_missing_shard(reference):
+    (reference / "shard-00001.h5").unlink()
+    problems = datasets.EpisodeStore(reference).verify()
+    assert problems == [f"{reference / 'shard-00001.h5'}: missing"]
+
+
+def test_windows_split_and_dataloader_workers(reference):
+    import torch
+
+    train = datasets.WindowDataset(reference, length=4, split="train", val_fraction=0.25, seed=0)
+    val = datasets.WindowDataset(reference, length=4, split="val", val_fraction=0.25, seed=0)
+    assert set(train.episodes).isdisjoint(val.episodes) and len(train.episodes) + len(val.episodes) == 24
+    assert len(val.episodes) == 6 and len(train) == 18 * 3  # 6 frames -> 3 windows of 4
+    again = datasets.WindowDataset(reference, length=4, split="val", val_fraction=0.25, seed=0)
+    assert np.array_equal(again.episodes, val.episodes)
+    item = train[5]
+    assert item["frames"].shape == (4, 1, 40, 40) and item["frames"].dtype == np.float32
+    assert 0 <= item["frames"].min() and item["frames"].max() <= 1
+    assert item["actions"].shape == (3, 2) and item["points"].shape == (4, 1, 2)
+    ep = datasets.EpisodeStore(reference).episode(item["episode"])
+    s = item["start"]
+    assert np.array_equal(item["actions"], ep["actions"][s:s + 3])
+    loader = torch.utils.data.DataLoader(train, batch_size=8, shuffle=True, num_workers=2)
+    seen = 0
+    for batch in loader:
+        assert batch["frames"].shape[1:] == (4, 1, 40, 40) and isinstance(batch["frames"], torch.Tensor)
+        seen += len(batch["frames"])
+    assert seen == len(train)
+
+
+def test_window_and_store_errors(tmp_path, reference):
+    with pytest.raises(ForesightError, match="length"):
+        datasets.WindowDataset(reference, length=7)
+    with pytest.raises(ForesightError, match="split"):
+        datasets.WindowDataset(reference, length=2, split="test")
+    with pytest.raises(ForesightError, match="no such dataset folder"):
+        datasets.EpisodeStore(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ForesightError, match="manifest.json: missing"):
+        datasets.EpisodeStore(tmp_path / "empty")
+    (reference / "manifest.json").write_text("{broken")
+    with pytest.raises(ForesightError, match="not valid JSON"):
+        datasets.EpisodeStore(reference)
+
+
+def test_bad_environment_and_options(tmp_path, recipe_file):
+    with pytest.raises(ForesightError, match="'env'.*unknown environment"):
+        collect.collect(load(recipe_file, "env='foresight/Nothing-v0'"), tmp_path / "x", progress=False)
+    with pytest.raises(ForesightError, match="'env_kwargs'"):
+        collect.collect(load(recipe_file, "env_kwargs.wings=2"), tmp_path / "y", progress=False)
+    with pytest.raises(ForesightError, match="'policy.kind'"):
+        collect.collect(load(recipe_file, "policy.kind='push'"), tmp_path / "z", progress=False)
+    with pytest.raises(ForesightError, match="--workers"):
+        collect.collect(load(recipe_file), tmp_path / "w", workers=0, progress=False)
+
+
+def test_data_commands(reference):
+    run = subprocess.run([sys.executable, "-m", "foresight", "data", "info", str(reference), "--json"],
+                         capture_output=True, text=True)
+    info = json.loads(run.stdout)
+    assert info["episodes"] == 24 and info["complete"] and 0 <= info["moved_fraction"] <= 1
+    assert info["shapes"]["frames"] == [6, 40, 40, 1]
+    run = subprocess.run([sys.executable, "-m", "foresight", "data", "show", str(reference), "--episodes", "3"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    from PIL import Image
+    gif = Image.open(reference / "preview" / "episodes.gif")
+    durations = []
+    for n in range(gif.n_frames):  # Pillow merges repeated frames into one longer frame
+        gif.seek(n)
+        durations.append(gif.info["duration"])
+    assert abs(sum(durations) - 6 * 100) <= 60 and gif.size[0] > 3 * 40
+    sheet = Image.open(reference / "preview" / "contact_sheet.png")
+    assert sheet.size[1] > 3 * 40
