@@ -1,0 +1,142 @@
+"""Inverted pendulum: the Embed-to-Control swing-up system (Watter et al. 2015), as set up in PCC / PC3.
+
+gymnasium's classic Pendulum dynamics with g = 9.81, seen as a 48x48 grey image of the rod. Pure
+numpy, thousands of frames per second.
+"""
+import math
+import numbers
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from foresight.errors import ForesightError
+
+SIZE = 48
+CENTRE = (SIZE - 1) / 2  # the pivot, (23.5, 23.5) in (row, col): the middle of the image
+ROD_LENGTH = 22.0  # pixels from the pivot to the tip
+ROD_WIDTH = 4.0
+MAX_SPEED = 8.0
+DT = 0.05
+G = 9.81
+M = 1.0
+L = 1.0
+
+_ROWS, _COLS = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)  # pixel centres, (SIZE, SIZE) each
+
+
+def wrap_angle(th):
+    """``th`` mapped to (-pi, pi]; values already there are returned unchanged (bit for bit)."""
+    if -math.pi < th <= math.pi:
+        return float(th)
+    th = math.pi - (math.pi - th) % (2 * math.pi)
+    return th if th > -math.pi else math.pi  # the modulo can round up to 2 pi
+
+
+def tip_pixel(theta):
+    """The rod tip's (row, col): angle 0 points up, positive angles turn counter-clockwise on screen."""
+    return np.array([CENTRE - ROD_LENGTH * np.cos(theta), CENTRE - ROD_LENGTH * np.sin(theta)])
+
+
+def render_angle(theta):
+    """The image (SIZE, SIZE, 1) uint8 of the rod at angle ``theta``: a white bar, width 4, on black.
+
+    Anti-aliased from each pixel centre's position in the rod's frame: the coverage across the rod
+    is ``clip(w/2 + 1/2 - |perpendicular distance|, 0, 1)``, along it ``clip(1/2 + distance to the
+    nearer end, 0, 1)`` (flat ends at the pivot and the tip). Both vary continuously with theta.
+    """
+    ur, uc = -np.cos(theta), -np.sin(theta)  # unit vector pivot -> tip, (row, col)
+    dr, dc = _ROWS - CENTRE, _COLS - CENTRE
+    along = dr * ur + dc * uc  # (SIZE, SIZE) position along the rod
+    across = np.abs(dr * uc - dc * ur)  # distance from the rod's axis
+    cover = np.clip(ROD_WIDTH / 2 + 0.5 - across, 0.0, 1.0) * np.clip(
+        0.5 + np.minimum(along, ROD_LENGTH - along), 0.0, 1.0
+    )
+    return np.rint(cover * 255.0).astype(np.uint8)[:, :, None]
+
+
+class PendulumEnv(gym.Env):
+    """The E2C pendulum: torque-limited swing-up, seen as a 48x48 grey image of the rod.
+
+    - dynamics (gymnasium's Pendulum, semi-implicit Euler, dt = 0.05, g = 9.81, m = l = 1):
+      ``omega += (3 g / (2 l) sin(theta) + 3 / (m l^2) u) dt``, clipped to [-8, 8], then
+      ``theta += omega dt``, normalised to (-pi, pi]. theta = 0 is upright.
+    - observation: ``uint8 (48, 48, 1)``: a white anti-aliased bar of width 4 and length 22 from
+      the image centre (pixel (23.5, 23.5)) towards ``(23.5 - 22 cos theta, 23.5 - 22 sin theta)``:
+      up at theta = 0, counter-clockwise on screen for positive theta (as gymnasium draws it).
+      One frame shows no velocity: models and planners on this system observe two consecutive
+      frames (the E2C model stacks them); the environment's own observation is one frame.
+    - action: ``float32 (1,)`` torque in ``[-max_torque, max_torque]`` (default 2), clipped to it.
+    - state ``(theta, omega)``; ``info["points"]`` is the tip's pixel ``(1, 2)`` (row, col).
+    - ``reset()`` draws theta uniform in [-pi, pi) and omega uniform in [-1, 1];
+      ``reset(options={"state": [theta, omega]})`` sets them (|omega| <= 8).
+    - reward: minus gymnasium's cost ``theta^2 + 0.1 omega^2 + 0.001 u^2`` (at the state before the
+      step); the episode never terminates or truncates (add a TimeLimit for episodes).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": int(round(1 / DT))}
+    point_names = ["tip"]
+
+    def __init__(self, render_mode="rgb_array", max_torque=2.0):
+        if render_mode != "rgb_array":
+            raise ForesightError(f"PendulumEnv: render_mode must be 'rgb_array', got {render_mode!r}")
+        if isinstance(max_torque, bool) or not (isinstance(max_torque, numbers.Real) and np.isfinite(max_torque) and max_torque > 0):
+            raise ForesightError(f"PendulumEnv: max_torque must be a positive number, got {max_torque!r}")
+        self.render_mode = render_mode
+        self.max_torque = float(max_torque)
+        self.observation_space = spaces.Box(0, 255, (SIZE, SIZE, 1), dtype=np.uint8)
+        self.action_space = spaces.Box(-self.max_torque, self.max_torque, (1,), dtype=np.float32)
+        self._state = np.array([np.pi, 0.0])  # float64 (theta, omega), set properly by reset()
+
+    # --- simulator state -------------------------------------------------------------------------
+
+    def get_sim_state(self):
+        return self._state.copy()
+
+    def set_sim_state(self, s):
+        self._state = self._checked_state(s, "set_sim_state(s)")
+
+    @staticmethod
+    def _checked_state(s, what):
+        s = np.array(s, dtype=np.float64).reshape(-1)
+        if s.shape != (2,) or not np.all(np.isfinite(s)) or abs(s[1]) > MAX_SPEED:
+            raise ForesightError(
+                f"PendulumEnv: {what} must be 2 finite numbers (theta, omega) with |omega| <= {MAX_SPEED}, "
+                f"got {s.tolist()}"
+            )
+        return np.array([wrap_angle(s[0]), s[1]])
+
+    # --- gymnasium API ---------------------------------------------------------------------------
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if options is not None and "state" in options:
+            self._state = self._checked_state(options["state"], 'options["state"]')
+        else:
+            th = self.np_random.uniform(-np.pi, np.pi)
+            w = self.np_random.uniform(-1.0, 1.0)
+            self._state = np.array([wrap_angle(th), w])
+        return self.render(), self._info()
+
+    def step(self, action):
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (1,):
+            raise ForesightError(f"PendulumEnv: action must have 1 number, got shape {np.shape(action)}")
+        # Python floats and math: numpy's per-call overhead would dominate on scalars.
+        u = min(max(float(a[0]), -self.max_torque), self.max_torque)
+        th, w = float(self._state[0]), float(self._state[1])
+        cost = th**2 + 0.1 * w**2 + 0.001 * u**2
+        w = w + (3 * G / (2 * L) * math.sin(th) + 3.0 / (M * L**2) * u) * DT
+        w = min(max(w, -MAX_SPEED), MAX_SPEED)
+        th = wrap_angle(th + w * DT)
+        self._state = np.array([th, w])
+        return self.render(), float(-cost), False, False, self._info()
+
+    def render(self):
+        return render_angle(self._state[0])
+
+    def _info(self):
+        return {
+            "state": self._state.astype(np.float32),
+            "points": tip_pixel(self._state[0]).astype(np.float32)[None, :],  # (1, 2) (row, col)
+        }

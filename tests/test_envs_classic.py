@@ -1,0 +1,295 @@
+"""The classic E2C pixel systems: foresight/Planar-v0 and foresight/Pendulum-v0."""
+import math
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import foresight  # noqa: F401  (registers the environments)
+from foresight.envs.pendulum import PendulumEnv, render_angle
+from foresight.envs.planar import PlanarEnv
+from foresight.errors import ForesightError
+
+# gymnasium's passive checker (gym.make) expects 3 channels from rgb_array; these systems are grey.
+pytestmark = pytest.mark.filterwarnings("ignore:.*last axis has three dimensions:UserWarning")
+
+PLANAR_CENTRES = [(20.5, 5.5), (20.5, 13.5), (20.5, 27.5), (20.5, 35.5), (10.5, 20.5), (30.5, 20.5)]
+
+
+@pytest.mark.parametrize("env_id", ["foresight/Planar-v0", "foresight/Pendulum-v0"])
+def test_gymnasium_checker(env_id):
+    env = gym.make(env_id)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*symmetric and normalized space.*")
+        check_env(env.unwrapped, skip_render_check=True)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert info["state"].dtype == np.float32 and info["state"].shape == (2,)
+    assert info["points"].dtype == np.float32 and info["points"].shape == (1, 2)
+    assert len(env.unwrapped.point_names) == 1
+    obs2, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+    assert not terminated and not truncated and isinstance(reward, float)
+    assert np.array_equal(env.render(), obs2)
+
+
+# --- Planar --------------------------------------------------------------------------------------
+
+
+def planar_valid(a, b):
+    """Independent validity check: the 3x3 square stays on the 40x40 map and clear of every disk."""
+    if not (1.5 <= a <= 38.5 and 1.5 <= b <= 38.5):
+        return False
+    for ca, cb in PLANAR_CENTRES:
+        na, nb = min(max(ca, a - 1.5), a + 1.5), min(max(cb, b - 1.5), b + 1.5)  # square point nearest the centre
+        if math.hypot(na - ca, nb - cb) < 2.5:
+            return False
+    return True
+
+
+def planar_at(state):
+    env = PlanarEnv()
+    obs, info = env.reset(options={"state": state})
+    return env, obs, info
+
+
+def test_planar_move_into_obstacle_is_blocked():
+    env, obs, _ = planar_at([15.0, 5.5])  # 1.5 above the disk at (20.5, 5.5)
+    obs2, _, _, _, info = env.step(np.array([2.0, 0.0], np.float32))
+    assert np.array_equal(info["state"], [15.0, 5.5]) and np.array_equal(obs2, obs)
+    _, _, _, _, info = env.step(np.array([1.5, 0.0], np.float32))  # now exactly touching: allowed
+    assert np.array_equal(info["state"], [16.5, 5.5])
+
+
+def test_planar_move_through_obstacle_corner_is_blocked():
+    start, action = np.array([5.5, 19.5]), np.array([3.0, -3.0], np.float32)
+    # both ends are valid, but halfway the square overlaps the disk at (10.5, 20.5)
+    assert planar_valid(*start) and planar_valid(*(start + action)) and not planar_valid(7.0, 18.0)
+    env, _, _ = planar_at(start)
+    _, _, _, _, info = env.step(action)
+    assert np.array_equal(info["state"], start)
+
+
+def test_planar_move_off_the_map_is_blocked():
+    env, _, _ = planar_at([2.0, 38.0])
+    for action in ([-1.0, 0.0], [0.0, 1.0], [-3.0, -3.0]):
+        _, _, _, _, info = env.step(np.array(action, np.float32))
+        assert np.array_equal(info["state"], [2.0, 38.0])
+    _, _, _, _, info = env.step(np.array([-0.5, 0.5], np.float32))  # the square reaches the corner exactly
+    assert np.array_equal(env.unwrapped.get_sim_state(), [1.5, 38.5])
+
+
+def test_planar_free_move_is_exactly_the_action_and_actions_are_clipped():
+    env, _, _ = planar_at([5.0, 5.0])
+    action = np.array([0.7, -0.3], np.float32)
+    _, _, _, _, info = env.step(action)
+    expected = np.array([5.0, 5.0]) + action.astype(np.float64)
+    assert np.array_equal(env.get_sim_state(), expected)
+    assert np.array_equal(info["state"], expected.astype(np.float32))
+    np.testing.assert_allclose(info["points"], [expected - 0.5], atol=1e-6)
+    env.set_sim_state([10.0, 30.0])
+    env.step(np.array([10.0, -10.0], np.float32))  # beyond [-3, 3]: clipped
+    assert np.array_equal(env.get_sim_state(), [13.0, 27.0])
+
+
+def pixel_distance_range(i, j, ca, cb):
+    """Nearest and farthest distance from (ca, cb) to pixel (i, j)'s square [i, i+1] x [j, j+1]."""
+    na, nb = min(max(ca, i), i + 1), min(max(cb, j), j + 1)
+    fa, fb = max(abs(ca - i), abs(ca - i - 1)), max(abs(cb - j), abs(cb - j - 1))
+    return math.hypot(na - ca, nb - cb), math.hypot(fa, fb)
+
+
+def test_planar_image_shows_obstacles_where_the_centres_say_and_the_agent_in_white():
+    state = np.array([37.0, 3.0])
+    _, obs, info = planar_at(state)
+    img = obs[:, :, 0].astype(int)
+    agent = np.zeros_like(img, dtype=bool)
+    agent[34:40, 0:6] = True  # the square [35.5, 38.5] x [1.5, 4.5] touches only these pixels
+    inside = outside = 0
+    for i in range(40):
+        for j in range(40):
+            if agent[i, j]:
+                continue
+            dists = [pixel_distance_range(i, j, ca, cb) for ca, cb in PLANAR_CENTRES]
+            if any(far <= 2.5 for _, far in dists):  # wholly inside a disk
+                assert img[i, j] == 128, (i, j)
+                inside += 1
+            elif all(near >= 2.5 for near, _ in dists):  # wholly outside every disk
+                assert img[i, j] == 0, (i, j)
+                outside += 1
+            else:  # partly covered: some grey, never white
+                assert 0 < img[i, j] <= 128, (i, j)
+    assert inside == 6 * 9 and outside > 1400  # each disk holds a 3x3 block of whole pixels
+    # the agent: its centre pixel and the 2x2 block of whole pixels it covers are white
+    r, c = np.rint(info["points"][0]).astype(int)
+    assert img[r, c] == 255
+    assert np.all(img[36:38, 2:4] == 255)
+    np.testing.assert_allclose(img[agent].sum() / 255, 9.0, atol=0.05)  # area 3x3, anti-aliased
+
+
+def test_planar_points_lie_on_white_agent_pixels():
+    env = PlanarEnv()
+    for seed in range(50):
+        obs, info = env.reset(seed=seed)
+        a, b = info["state"].astype(np.float64)
+        assert planar_valid(a, b)
+        np.testing.assert_allclose(info["points"][0], [a - 0.5, b - 0.5], atol=1e-5)
+        r, c = np.rint(info["points"][0]).astype(int)
+        assert obs[r, c, 0] == 255
+
+
+def test_planar_subpixel_moves_change_the_image():
+    env, obs, _ = planar_at([5.0, 5.0])
+    obs2, _, _, _, _ = env.step(np.array([0.25, 0.0], np.float32))
+    assert not np.array_equal(obs, obs2)
+
+
+def test_planar_reset_options_and_invalid_states():
+    for a in np.linspace(3, 7, 5):
+        for b in np.linspace(3, 7, 5):
+            _, _, info = planar_at([a, b])  # evaluation starts
+            assert np.array_equal(info["state"], np.float32([a, b]))
+    for goal in ([37.0, 37.0], [37.0, 3.0], [3.0, 37.0]):
+        planar_at(goal)
+    for bad in ([20.5, 5.5], [18.0, 5.5], [1.0, 20.0], [20.0, 39.0]):
+        with pytest.raises(ForesightError, match=str(bad[0])):
+            planar_at(bad)
+    with pytest.raises(ForesightError, match="state"):
+        planar_at([1.0, 2.0, 3.0])
+    env = PlanarEnv()
+    with pytest.raises(ForesightError):
+        env.set_sim_state([20.5, 13.5])
+
+
+def test_planar_random_resets_are_valid_and_spread_out():
+    env = PlanarEnv()
+    states = np.array([env.reset(seed=s)[1]["state"] for s in range(300)], dtype=np.float64)
+    assert all(planar_valid(a, b) for a, b in states)
+    assert states.min() < 5 and states.max() > 35
+    assert len({(a > 20, b > 20) for a, b in states}) == 4  # every quadrant
+
+
+# --- Pendulum ------------------------------------------------------------------------------------
+
+
+def pendulum_at(state, **kwargs):
+    env = PendulumEnv(**kwargs)
+    obs, info = env.reset(options={"state": state})
+    return env, obs, info
+
+
+def test_pendulum_follows_the_semi_implicit_euler_formula():
+    th, w = 0.3, -0.5
+    env, _, _ = pendulum_at([th, w])
+    for _ in range(20):
+        _, reward, _, _, _ = env.step(np.zeros(1, np.float32))
+        assert reward == pytest.approx(-(th**2 + 0.1 * w**2))
+        w = w + 3 * 9.81 / 2 * math.sin(th) * 0.05
+        th = th + w * 0.05
+        th = math.remainder(th, 2 * math.pi)  # the env keeps theta in (-pi, pi]
+        assert np.allclose(env.get_sim_state(), [th, w], rtol=0, atol=1e-12)
+    assert abs(w) > 5  # it fell through the bottom, angle wrapped and all
+
+
+def test_pendulum_energy_is_conserved_without_torque():
+    # rod about its end: w^2 / 2 + (3 g / 2 l) cos(theta) is constant; semi-implicit Euler keeps it near
+    def energy(s):
+        return s[1] ** 2 / 2 + 3 * 9.81 / 2 * math.cos(s[0])
+
+    env, _, _ = pendulum_at([math.pi - 0.4, 0.0])
+    e0 = energy(env.get_sim_state())
+    swing = []
+    for _ in range(200):
+        env.step(np.zeros(1, np.float32))
+        s = env.get_sim_state()
+        swing.append(s[0])
+        assert energy(s) == pytest.approx(e0, abs=0.02 * abs(e0))
+    swing = np.mod(np.array(swing), 2 * np.pi)  # around pi: it swings both sides of the bottom
+    assert swing.min() < math.pi - 0.35 and swing.max() > math.pi + 0.35
+
+
+def test_pendulum_angle_zero_draws_the_rod_above_the_centre():
+    img = render_angle(0.0)[:, :, 0]
+    assert np.all(img[2:24, 22:26] == 255)  # 22 rows up from the centre (23.5), 4 columns wide
+    img2 = img.copy()
+    img2[2:24, 22:26] = 0
+    assert np.all(img2 == 0)
+    left = render_angle(math.pi / 2)[:, :, 0]  # positive angles turn counter-clockwise: tip to the left
+    assert left[22:26, 2:24].sum() == 255 * 4 * 22 and left[:, 25:].sum() == 0
+    assert not np.array_equal(render_angle(0.0), render_angle(0.01))  # sub-pixel changes show
+
+
+def bilinear(img, p):
+    r0, c0 = np.floor(p).astype(int)
+    fr, fc = p[0] - r0, p[1] - c0
+    return (img[r0, c0] * (1 - fr) * (1 - fc) + img[r0 + 1, c0] * fr * (1 - fc)
+            + img[r0, c0 + 1] * (1 - fr) * fc + img[r0 + 1, c0 + 1] * fr * fc)
+
+
+def test_pendulum_tip_lies_at_the_end_of_the_drawn_rod():
+    centre = np.array([23.5, 23.5])
+    for th in np.linspace(-math.pi, math.pi, 37):
+        _, obs, info = pendulum_at([th, 0.0])
+        img = obs[:, :, 0].astype(np.float64)
+        tip = info["points"][0].astype(np.float64)
+        assert np.linalg.norm(tip - centre) == pytest.approx(22.0, abs=1e-4)
+        assert 90 < bilinear(img, tip) < 165  # on the rod's flat end: half covered
+        inward = centre + (tip - centre) * 20.5 / 22
+        assert bilinear(img, inward) > 250
+        assert img[tuple(np.rint(inward).astype(int))] == 255
+
+
+def test_pendulum_speed_and_torque_are_clipped():
+    env, _, _ = pendulum_at([0.0, 7.9])
+    for _ in range(5):
+        _, _, _, _, info = env.step(np.array([2.0], np.float32))
+    assert env.get_sim_state()[1] == 8.0
+    with pytest.raises(ForesightError, match="omega"):
+        pendulum_at([0.0, 9.0])
+
+    env, _, _ = pendulum_at([1.0, 0.5], max_torque=1.0)
+    assert env.action_space.high[0] == 1.0 and env.action_space.low[0] == -1.0
+    env.step(np.array([5.0], np.float32))
+    clipped = env.get_sim_state()
+    env.set_sim_state([1.0, 0.5])
+    env.step(np.array([1.0], np.float32))
+    assert np.array_equal(env.get_sim_state(), clipped)
+    assert gym.make("foresight/Pendulum-v0", max_torque=0.5).action_space.high[0] == 0.5
+    with pytest.raises(ForesightError, match="max_torque"):
+        PendulumEnv(max_torque=-1.0)
+
+
+def test_pendulum_angle_is_normalised_and_resets_are_in_range():
+    _, _, info = pendulum_at([3 * math.pi + 0.25, 0.0])
+    assert info["state"][0] == pytest.approx(-math.pi + 0.25)
+    env, _, _ = pendulum_at([math.pi - 0.01, 8.0])
+    env.step(np.zeros(1, np.float32))
+    th = env.get_sim_state()[0]
+    assert -math.pi < th <= math.pi and th < 0  # went over the bottom
+    env = PendulumEnv()
+    states = np.array([env.reset(seed=s)[1]["state"] for s in range(300)])
+    assert states[:, 0].min() < -2.8 and states[:, 0].max() > 2.8 and np.all(np.abs(states[:, 0]) <= math.pi)
+    assert np.all(np.abs(states[:, 1]) <= 1.0) and states[:, 1].std() > 0.4
+
+
+# --- both ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_id", ["foresight/Planar-v0", "foresight/Pendulum-v0"])
+def test_sim_state_round_trip_gives_identical_next_frames(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=3)
+    for _ in range(5):
+        env.step(env.action_space.sample())
+    saved = env.unwrapped.get_sim_state()
+    assert saved.dtype == np.float64
+    actions = [env.action_space.sample() for _ in range(10)]
+    first = [env.step(a) for a in actions]
+    env.unwrapped.set_sim_state(saved)
+    assert np.array_equal(env.unwrapped.get_sim_state(), saved)
+    again = [env.step(a) for a in actions]
+    for (o1, r1, _, _, i1), (o2, r2, _, _, i2) in zip(first, again):
+        assert np.array_equal(o1, o2) and r1 == r2
+        assert np.array_equal(i1["state"], i2["state"]) and np.array_equal(i1["points"], i2["points"])
+    assert len({o.tobytes() for o, *_ in first}) > 1  # the frames did change
