@@ -1,0 +1,169 @@
+"""PointPush: a round pusher shoves 1-3 coloured blocks around a walled table, seen from above.
+
+The scene is planar: the pusher slides in x/y under velocity control, each block slides in x/y
+and turns about z. Nothing touches the floor (the joints keep every body at its height), so
+table friction is modelled as joint damping: a block moves while pushed and stops within a
+step or two after. That keeps contacts few and the simulation cheap: physics and rendering of
+a 64x64 frame take well under a millisecond each.
+
+Observation: the top-down camera image (H, W, 3) uint8.
+Action: (2,) in [-1, 1], the pusher's target velocity as a fraction of `MAX_SPEED`.
+info["state"]: float32 (4 + 6K,) = qpos then qvel, i.e.
+    [pusher x, pusher y, (block x, block y, block yaw) * K, their velocities in the same order].
+info["points"]: float32 (K, 2), the (row, col) pixel of each block's centre.
+Reward: 0.0 (tasks and costs are defined by the planner, not the environment).
+"""
+import gymnasium as gym
+import numpy as np
+
+import mujoco  # (foresight/__init__.py, imported first, has chosen EGL)
+
+from foresight.envs.camera import Camera, image_shape
+from foresight.envs.sim_state import SimState
+from foresight.errors import ForesightError
+
+ARENA = 0.25  # half-width of the free floor inside the walls (m)
+WALL = 0.02  # wall thickness (m)
+BLOCK = 0.04  # half-size of a block (m): ~9 px across at 64x64
+PUSHER = 0.03  # pusher radius (m)
+HEIGHT = 0.04  # height of every body's centre above the floor (m)
+CAMERA_HEIGHT = 2.0  # high and narrow, so the view is close to orthographic
+TIMESTEP, FRAME_SKIP = 0.005, 10  # 20 Hz control
+MAX_SPEED = 0.5  # m/s at |action| = 1: ~2.5 px per step at 64x64
+
+COLORS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
+FLOOR_RGB, WALL_RGB, PUSHER_RGB = (0.8, 0.8, 0.8), (0.4, 0.4, 0.4), (0.1, 0.1, 0.1)
+
+
+def _rgba(rgb) -> str:
+    return " ".join(f"{c:g}" for c in rgb) + " 1"
+
+
+def scene_xml(names: list[str], fovy: float) -> str:
+    """The MJCF of the scene with one block per colour name and a top-down camera of `fovy`."""
+    blocks = "\n".join(f"""
+    <body name="{name}" pos="0 0 {HEIGHT}">
+      <joint name="{name}_x" type="slide" axis="1 0 0" damping="4"/>
+      <joint name="{name}_y" type="slide" axis="0 1 0" damping="4"/>
+      <joint name="{name}_yaw" type="hinge" axis="0 0 1" damping="0.01"/>
+      <geom type="box" size="{BLOCK} {BLOCK} {BLOCK}" mass="0.25" rgba="{_rgba(COLORS[name])}"/>
+    </body>""" for name in names)
+    w = ARENA + WALL / 2  # wall centre line
+    walls = "\n".join(
+        f'<geom type="box" pos="{x:g} {y:g} {HEIGHT}" size="{sx:g} {sy:g} {HEIGHT}" rgba="{_rgba(WALL_RGB)}"/>'
+        for x, y, sx, sy in [(w, 0, WALL / 2, ARENA + WALL), (-w, 0, WALL / 2, ARENA + WALL),
+                             (0, w, ARENA + WALL, WALL / 2), (0, -w, ARENA + WALL, WALL / 2)])
+    # Lighting: only the headlight, which shines along the (downward) view, with
+    # ambient + diffuse = 1 and no specular: faces seen from above are drawn in exactly their
+    # rgba, block sides (lit by ambient only) a little darker.
+    return f"""
+<mujoco model="point_push">
+  <compiler angle="degree"/>
+  <option timestep="{TIMESTEP}" gravity="0 0 0" integrator="implicitfast"/>
+  <statistic extent="1" center="0 0 0"/>
+  <visual>
+    <headlight ambient="0.4 0.4 0.4" diffuse="0.6 0.6 0.6" specular="0 0 0"/>
+    <quality shadowsize="0" offsamples="0"/>
+  </visual>
+  <default>
+    <geom contype="1" conaffinity="1" condim="3" friction="0.5 0.005 0.0001"/>
+  </default>
+  <worldbody>
+    <geom name="floor" type="plane" size="2 2 0.1" rgba="{_rgba(FLOOR_RGB)}"
+          contype="0" conaffinity="0"/>
+    {walls}
+    <camera name="top" pos="0 0 {CAMERA_HEIGHT}" xyaxes="1 0 0 0 1 0" fovy="{fovy}"/>
+    <body name="pusher" pos="0 0 {HEIGHT}">
+      <joint name="pusher_x" type="slide" axis="1 0 0"/>
+      <joint name="pusher_y" type="slide" axis="0 1 0"/>
+      <geom type="sphere" size="{PUSHER}" mass="1" rgba="{_rgba(PUSHER_RGB)}"/>
+    </body>
+    {blocks}
+  </worldbody>
+  <actuator>
+    <velocity joint="pusher_x" kv="30" ctrlrange="{-MAX_SPEED} {MAX_SPEED}"/>
+    <velocity joint="pusher_y" kv="30" ctrlrange="{-MAX_SPEED} {MAX_SPEED}"/>
+  </actuator>
+</mujoco>"""
+
+
+def camera_fovy(height: int, width: int) -> float:
+    """Vertical field of view (degrees) that fits the arena and its walls in the image's
+    shorter side; the longer side shows some floor beyond the walls."""
+    half_view = ARENA + WALL  # at floor level
+    tan_half_y = half_view / CAMERA_HEIGHT * max(1.0, height / width)
+    return float(np.rad2deg(2 * np.arctan(tan_half_y)))
+
+
+class PointPushEnv(SimState, gym.Env):
+    """image_size: int (square) or (H, W); objects: 1-3 blocks, named and coloured red, green,
+    blue (`point_names`, `object_colors` (K, 3) uint8 as drawn on their top faces). `reset`
+    places pusher and blocks at random, non-overlapping, from `self.np_random`; it takes no
+    options."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": round(1 / (TIMESTEP * FRAME_SKIP))}
+
+    def __init__(self, render_mode: str | None = "rgb_array", image_size=64, objects: int = 1):
+        if render_mode not in (None, "rgb_array"):
+            raise ForesightError(f"render_mode: expected 'rgb_array', got {render_mode!r}")
+        if isinstance(objects, bool) or not isinstance(objects, (int, np.integer)) or not 1 <= objects <= 3:
+            raise ForesightError(f"objects: expected an int from 1 to 3, got {objects!r}")
+        self.render_mode = render_mode
+        self.height, self.width = image_shape(image_size)
+        self.point_names = list(COLORS)[:objects]
+        self.object_colors = np.array([COLORS[n] for n in self.point_names]) * 255
+        self.object_colors = np.round(self.object_colors).astype(np.uint8)  # (K, 3)
+
+        self.model = mujoco.MjModel.from_xml_string(scene_xml(self.point_names, camera_fovy(self.height, self.width)))
+        self.data = mujoco.MjData(self.model)
+        self.camera = Camera(self.model, "top", self.height, self.width)
+        self._block_ids = [self.model.body(n).id for n in self.point_names]
+
+        self.observation_space = gym.spaces.Box(0, 255, (self.height, self.width, 3), np.uint8)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    @property
+    def dt(self) -> float:
+        return TIMESTEP * FRAME_SKIP
+
+    def _observe(self):
+        info = {
+            "state": np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float32),  # (4 + 6K,)
+            "points": self.camera.project(self.data, self.data.xpos[self._block_ids]),  # (K, 2)
+        }
+        return self.camera.render(self.data), info
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        mujoco.mj_resetData(self.model, self.data)
+        # rejection-sample non-overlapping positions (bounding circles 1 cm apart)
+        radii = np.array([PUSHER] + [BLOCK * np.sqrt(2)] * len(self.point_names))
+        while True:
+            pos = self.np_random.uniform(-ARENA + radii[:, None], ARENA - radii[:, None], (len(radii), 2))  # (1 + K, 2)
+            gaps = np.linalg.norm(pos[:, None] - pos[None], axis=-1) - (radii[:, None] + radii[None])
+            if (gaps + 10 * np.eye(len(radii)) > 0.01).all():
+                break
+        yaw = self.np_random.uniform(-np.pi, np.pi, size=len(self.point_names))
+        self.data.qpos[:] = np.concatenate([pos[0], np.column_stack([pos[1:], yaw]).ravel()])
+        mujoco.mj_forward(self.model, self.data)
+        return self._observe()
+
+    def step(self, action):
+        self.data.ctrl[:] = np.clip(np.asarray(action, dtype=np.float64), -1, 1) * MAX_SPEED
+        mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP)
+        # mj_step leaves the kinematics one substep behind qpos; bring them level so the image,
+        # the points and a state restored with set_sim_state all agree
+        mujoco.mj_forward(self.model, self.data)
+        obs, info = self._observe()
+        return obs, 0.0, False, False, info
+
+    def render(self) -> np.ndarray:
+        return self.camera.render(self.data)
+
+    def steer_toward(self, k: int) -> np.ndarray:
+        """Full speed from the pusher toward block `k`'s centre: an exploration policy's way to push it."""
+        direction = self.data.xpos[self._block_ids[k], :2] - self.data.xpos[self.model.body("pusher").id, :2]
+        return (direction / max(np.linalg.norm(direction), 1e-9)).astype(np.float32)
+
+    def close(self) -> None:
+        self.camera.close()
