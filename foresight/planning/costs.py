@@ -1,0 +1,127 @@
+"""Planning costs on model predictions: designated pixels (visual foresight) and goal images.
+
+A cost maps a batch of N predictions over T steps to N costs, lower is better. It knows nothing of how the
+actions were chosen; the planner composes `model(actions) -> predictions -> cost`.
+
+Designated-pixel cost (Finn & Levine 2017, Ebert et al. 2018): the user designates pixels d_k on objects and
+goal pixels g_k; the model moves a probability distribution P_t,k over the image for each designated pixel.
+The cost is the expected distance to the goal, summed over the plan's steps with extra weight on the last:
+
+    c = sum_k w_k sum_t lambda_t sum_{(r, c)} P_t,k(r, c) ||(r, c) - g_k||_2,   lambda_t = 1, lambda_T = last_weight
+
+Visual foresight's "finalweight" was 10 (30 in some Sawyer experiments): the last step is where the object
+should end up, the earlier steps reward getting there early.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from foresight.errors import ForesightError
+
+
+def step_weights(steps: int, last_weight: float) -> torch.Tensor:
+    """(T,) weights of the plan's steps: 1 for each, `last_weight` for the last."""
+    w = torch.ones(steps)
+    w[-1] = last_weight
+    return w
+
+
+class DesignatedPixelCost:
+    """Expected Euclidean pixel distance of K predicted distributions to their K goal pixels.
+
+    goals (K, 2) are (row, col) pixel coordinates, floats allowed, (0, 0) the centre of the top-left pixel;
+    image_size is (H, W); weights (K,) weigh the designated pixels (default all 1). The K distance maps are
+    computed once here, so calling the cost on each of the planner's batches is one weighted sum.
+    """
+
+    def __init__(self, goals, image_size, weights=None, last_weight: float = 10.0):
+        self.goals = _tensor("goals", goals)  # (K, 2)
+        if self.goals.dim() != 2 or self.goals.shape[1] != 2 or self.goals.shape[0] == 0:
+            raise ForesightError(f"goals must have shape (K, 2) of (row, col) pixels, got {tuple(self.goals.shape)}")
+        if not (isinstance(image_size, (tuple, list)) and len(image_size) == 2
+                and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in image_size)):
+            raise ForesightError(f"image_size must be (H, W), two integers >= 1, got {image_size!r}")
+        k = self.goals.shape[0]
+        self.weights = torch.ones(k) if weights is None else _tensor("weights", weights)  # (K,)
+        if self.weights.shape != (k,) or bool((self.weights < 0).any()):
+            raise ForesightError(
+                f"weights must be {k} numbers >= 0, one per goal, got {self.weights.tolist()}"
+            )
+        self.last_weight = _last_weight(last_weight)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        h, w = self.image_size
+        rows = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+        cols = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+        g = self.goals.view(k, 2, 1, 1)
+        self.maps = torch.sqrt((rows - g[:, 0]) ** 2 + (cols - g[:, 1]) ** 2)  # (K, H, W) distance to goal k
+        self._cache = {}  # (device, dtype) -> (maps, weights, farthest) on that device
+
+    def __call__(self, dists: torch.Tensor) -> torch.Tensor:
+        """dists (N, T, K, H, W) distributions over pixels -> (N,) costs."""
+        k, (h, w) = self.goals.shape[0], self.image_size
+        if not torch.is_tensor(dists) or dists.dim() != 5 or tuple(dists.shape[2:]) != (k, h, w):
+            shape = tuple(dists.shape) if torch.is_tensor(dists) else type(dists).__name__
+            raise ForesightError(f"dists must have shape (N, T, {k}, {h}, {w}), got {shape}")
+        if not dists.is_floating_point():
+            raise ForesightError(f"dists must be a floating-point tensor, got {dists.dtype}")
+        maps, weights, farthest = self._on(dists.device, dists.dtype)
+        mass = dists.sum(dim=(-2, -1))  # (N, T, K)
+        expected = torch.einsum("ntkhw,khw->ntk", dists, maps)
+        # divide by the mass: a model that leaks probability off the image must not be rewarded for it;
+        # a distribution that lost all its mass counts as far from the goal as the image allows
+        lost = mass <= 1e-12
+        expected = torch.where(lost, farthest, expected / torch.where(lost, torch.ones_like(mass), mass))
+        lam = step_weights(dists.shape[1], self.last_weight).to(dists.device, dists.dtype)  # (T,)
+        return (expected * lam.view(1, -1, 1) * weights.view(1, 1, -1)).sum(dim=(1, 2))  # (N,)
+
+    def _on(self, device, dtype):
+        key = (device, dtype)
+        if key not in self._cache:
+            maps = self.maps.to(device, dtype)
+            self._cache[key] = (maps, self.weights.to(device, dtype), maps.flatten(1).amax(1))
+        return self._cache[key]
+
+
+def designated_pixel_cost(dists: torch.Tensor, goals, weights=None, last_weight: float = 10.0) -> torch.Tensor:
+    """dists (N, T, K, H, W), goals (K, 2) (row, col) -> (N,); see DesignatedPixelCost (reuse it when planning)."""
+    if not torch.is_tensor(dists) or dists.dim() != 5:
+        shape = tuple(dists.shape) if torch.is_tensor(dists) else type(dists).__name__
+        raise ForesightError(f"dists must have shape (N, T, K, H, W), got {shape}")
+    return DesignatedPixelCost(goals, tuple(dists.shape[-2:]), weights, last_weight)(dists)
+
+
+def goal_image_cost(frames: torch.Tensor, goal: torch.Tensor, last_weight: float = 10.0) -> torch.Tensor:
+    """frames (N, T, C, H, W), goal (C, H, W), both float on the same scale -> (N,) costs.
+
+    The cost of a step is the Euclidean (L2) distance between the predicted frame and the goal image over
+    all pixels and channels; the steps are summed with `last_weight` on the last, as for designated pixels.
+    """
+    if not torch.is_tensor(frames) or frames.dim() != 5 or not frames.is_floating_point():
+        what = f"{tuple(frames.shape)} {frames.dtype}" if torch.is_tensor(frames) else type(frames).__name__
+        raise ForesightError(f"frames must be a float tensor (N, T, C, H, W), got {what}")
+    if not torch.is_tensor(goal) or tuple(goal.shape) != tuple(frames.shape[2:]) or not goal.is_floating_point():
+        what = f"{tuple(goal.shape)} {goal.dtype}" if torch.is_tensor(goal) else type(goal).__name__
+        raise ForesightError(
+            f"goal must be a float tensor (C, H, W) = {tuple(frames.shape[2:])} on the frames' scale, got {what}"
+        )
+    lam = step_weights(frames.shape[1], _last_weight(last_weight)).to(frames.device, frames.dtype)  # (T,)
+    dist = (frames - goal.to(frames.device, frames.dtype)).flatten(2).norm(dim=2)  # (N, T)
+    return (dist * lam).sum(dim=1)
+
+
+def _tensor(name, value) -> torch.Tensor:
+    try:
+        t = torch.as_tensor(value, dtype=torch.float32).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise ForesightError(f"{name} must be an array of numbers, got {value!r}") from None
+    if not bool(torch.isfinite(t).all()):
+        raise ForesightError(f"{name} must be finite, got {t.tolist()}")
+    return t
+
+
+def _last_weight(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ForesightError(f"last_weight must be a finite number >= 0, got {value!r}")
+    return float(value)
