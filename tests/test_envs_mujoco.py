@@ -281,3 +281,19 @@ def test_arm_push_steering_pushes_the_object(make):
             action = u.steer_toward(0)
         moved.append(farthest)
     assert sum(m >= 2.0 for m in moved) >= 4, moved  # (seed 0's object is too near the shoulder to reach)
+
+
+@pytest.mark.parametrize("env_id", ["foresight/PointPush-v0", "foresight/ArmPush-v0"])
+def test_rollout_points_matches_stepping_and_restores_the_state(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=5)
+    u = env.unwrapped
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(env.action_space.low, env.action_space.high, (3, 6, *env.action_space.shape))
+    before = u.get_sim_state()
+    predicted = u.rollout_points(actions)
+    assert predicted.shape == (3, 6, len(u.point_names), 2)
+    assert np.array_equal(u.get_sim_state(), before)
+    stepped = [env.step(a)[4]["points"] for a in actions[1]]
+    assert np.allclose(predicted[1], np.stack(stepped), atol=1e-4)
+    env.close()

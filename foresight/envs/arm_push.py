@@ -84,6 +84,14 @@ class ArmPushEnv(SimState, PusherEnv):
         obs, extra = self._observe(state)
         return obs, {**info, **extra}
 
+    def _simulate(self, action) -> None:
+        """One control step of Pusher's physics, no rendering (the oracle's rollouts)."""
+        self.do_simulation(np.asarray(action, dtype=np.float64), self.frame_skip)
+        mujoco.mj_forward(self.model, self.data)
+
+    def _points(self) -> np.ndarray:
+        return self.camera.project(self.data, self.data.body("object").xpos[None])  # (1, 2)
+
     def step(self, action):
         state, reward, _, _, info = super().step(action)
         # mj_step leaves the kinematics one substep behind qpos; bring them level for the image

@@ -129,7 +129,7 @@ class PointPushEnv(SimState, gym.Env):
     def _observe(self):
         info = {
             "state": np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float32),  # (4 + 6K,)
-            "points": self.camera.project(self.data, self.data.xpos[self._block_ids]),  # (K, 2)
+            "points": self._points(),  # (K, 2)
         }
         return self.camera.render(self.data), info
 
@@ -148,12 +148,19 @@ class PointPushEnv(SimState, gym.Env):
         mujoco.mj_forward(self.model, self.data)
         return self._observe()
 
-    def step(self, action):
+    def _simulate(self, action) -> None:
+        """One control step of physics, no rendering (step, and the oracle's rollouts)."""
         self.data.ctrl[:] = np.clip(np.asarray(action, dtype=np.float64), -1, 1) * MAX_SPEED
         mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP)
         # mj_step leaves the kinematics one substep behind qpos; bring them level so the image,
         # the points and a state restored with set_sim_state all agree
         mujoco.mj_forward(self.model, self.data)
+
+    def _points(self) -> np.ndarray:
+        return self.camera.project(self.data, self.data.xpos[self._block_ids])  # (K, 2)
+
+    def step(self, action):
+        self._simulate(action)
         obs, info = self._observe()
         return obs, 0.0, False, False, info
 

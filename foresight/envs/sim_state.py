@@ -11,7 +11,24 @@ STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 
 
 class SimState:
-    """Mixed into an environment with ``self.model`` and ``self.data``."""
+    """Mixed into an environment with ``self.model``, ``self.data``, ``_simulate(action)`` (one
+    control step of physics, no rendering) and ``_points()`` (the tracked pixels, (K, 2))."""
+
+    def rollout_points(self, actions) -> np.ndarray:
+        """Tracked pixels after each action of each sequence, each started from the current state,
+        which is restored afterwards: what an oracle planner scores. (N, T, A) -> (N, T, K, 2)."""
+        actions = np.asarray(actions, dtype=np.float64)
+        start = self.get_sim_state()
+        out = np.empty((*actions.shape[:2], len(self.point_names), 2), dtype=np.float32)
+        try:
+            for n, sequence in enumerate(actions):
+                self.set_sim_state(start)
+                for t, action in enumerate(sequence):
+                    self._simulate(action)
+                    out[n, t] = self._points()
+        finally:
+            self.set_sim_state(start)
+        return out
 
     def get_sim_state(self) -> np.ndarray:
         """The full integration state as float64 (S,)."""
