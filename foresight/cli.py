@@ -41,6 +41,34 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_collect)
 
+    t = sub.add_parser("train", help="train a model from a recipe (torchrun for several processes)")
+    t.add_argument("recipe", help="a training recipe, e.g. train/sna_point_push.toml")
+    t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a trained run on its validation split (JSON + PNG plot)")
+    e.add_argument("run", help="a run folder, e.g. train/runs/sna_point_push")
+    e.add_argument("--data", help="dataset folder (default: the one it was trained on)")
+    e.add_argument("--out", help="where eval.json and eval.png go (default: the run folder)")
+    e.add_argument("--max-windows", type=int, default=None, help="evaluate at most this many windows")
+    e.set_defaults(func=cmd_eval)
+
+    pl = sub.add_parser("plan", help="visual MPC: move designated pixels to goal pixels (a suite, or one task)")
+    pl.add_argument("suite", nargs="?", help="a task suite, e.g. plan/point_push.toml")
+    pl.add_argument("--model", help="a trained video prediction run, e.g. train/runs/sna_point_push")
+    pl.add_argument("--planners", help="comma-separated: model, oracle, random (default: model + the suite's baselines)")
+    pl.add_argument("--out", help="results folder (default: <suite folder>/results/<name>)")
+    pl.add_argument("--videos", type=int, default=10, help="write videos of this many tasks per planner")
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite key")
+    pl.add_argument("--env", help="single task: environment id (instead of a suite)")
+    pl.add_argument("--seed", type=int, default=0, help="single task: reset seed")
+    pl.add_argument("--designated", help="single task: designated pixels 'row,col[;row,col]'")
+    pl.add_argument("--goal", help="single task: goal pixels 'row,col[;row,col]'")
+    pl.add_argument("--no-progress", action="store_true")
+    pl.set_defaults(func=cmd_plan)
+
     d = sub.add_parser("data", help="inspect a dataset: info, verify, show")
     dsub = d.add_subparsers(dest="data_command", required=True)
     i = dsub.add_parser("info", help="episodes, shapes, action ranges, how often objects moved")
@@ -74,6 +102,100 @@ def cmd_collect(args) -> int:
     print(f"{out}: {info['episodes']} episodes of {info['shapes']['frames'][0]} frames "
           f"({time.perf_counter() - start:.1f} s); objects moved >= {info['moved_threshold_px']:g} px "
           f"in {100 * info['moved_fraction']:.0f}% of episodes")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from foresight import recipes, training
+
+    recipe = recipes.load(training.TrainRecipe, args.recipe, args.set)
+    run = training.train(recipe, args.recipe, resume=args.resume, progress=not args.no_progress)
+    if training.distributed()[0] == 0:
+        print(f"{run}: trained; checkpoint in {run / 'checkpoint'}, samples in {run / 'samples'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from foresight import datasets, evaluation, training
+
+    model, learner, resolved, state = training.load_run(args.run)
+    data = args.data or resolved["data"]
+    learner.check_data(datasets.read_manifest(data)["shapes"], str(data))
+    s = learner.settings
+    result = evaluation.evaluate_video(model, data, s.context, s.horizon, s.val_fraction, s.seed,
+                                       learner.use_states, max_windows=args.max_windows)
+    result.update({"run": str(args.run), "data": str(data), "step": state["step"]})
+    js, png = evaluation.write_video_report(result, Path(args.out or args.run), f"{Path(args.run).name} "
+                                            f"(step {state['step']}) on {Path(data).name}")
+    line = f"PSNR gain over copy-last {result['psnr_gain_db']:+.2f} dB"
+    if "tracking_ratio" in result:
+        line += f"; tracking error at the last step {result['tracking_ratio']:.2f}x the static baseline's"
+    print(f"{line}\nwrote {js} and {png}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    import numpy as np
+
+    from foresight import recipes, training
+    from foresight.collect import make_env
+    from foresight.planning import mpc
+
+    predictor = None
+    if args.model:
+        model, learner, _, _ = training.load_run(args.model)
+        predictor = mpc.VideoPredictor(model, learner.settings.context)
+    if args.suite:
+        suite = recipes.load(mpc.SuiteRecipe, args.suite, args.set)
+        source = args.suite
+        out = Path(args.out) if args.out else Path(args.suite).parent / "results" / suite.name
+    elif args.env:
+        if not (args.designated and args.goal):
+            raise ForesightError("--env: a single task needs --designated ROW,COL and --goal ROW,COL")
+        suite = recipes.from_dict(mpc.SuiteRecipe, {"name": "single", "env": args.env, "tasks": 1}, "--env")
+        suite = recipes.from_dict(mpc.SuiteRecipe, {**recipes.to_dict(suite), "baselines": []}, "--env")
+        for item in args.set:
+            raw = recipes.to_dict(suite)
+            recipes.apply_override(raw, item)
+            suite = recipes.from_dict(mpc.SuiteRecipe, raw, "--set")
+        source, out = "--env", Path(args.out or "plan/results/single")
+    else:
+        raise ForesightError("plan: give a suite file (plan/point_push.toml) or a single task (--env ID ...)")
+    planners = args.planners.split(",") if args.planners else (["model"] if predictor else []) + list(suite.baselines)
+    for p in planners:
+        if p not in mpc.PLANNERS:
+            raise ForesightError(f"--planners: unknown planner {p!r} (expected: {', '.join(mpc.PLANNERS)})")
+    if "model" in planners and predictor is None:
+        raise ForesightError("--model: the 'model' planner needs a trained video prediction run (--model RUN)")
+    if not planners:
+        raise ForesightError("--planners: nothing to run (give --model RUN or --planners oracle,random)")
+    if args.env:  # one task from the command line
+        env = make_env(suite.env, suite.env_kwargs, "--env")
+        obs, _ = env.reset(seed=args.seed)
+        H, W = obs.shape[:2]
+        parse = lambda text, name: mpc.check_pixels(name, [[float(v) for v in p.split(",")] for p in text.split(";")], H, W)  # noqa: E731
+        try:
+            designated, goal = parse(args.designated, "--designated"), parse(args.goal, "--goal")
+        except ValueError:
+            raise ForesightError("--designated/--goal: expected pixels as 'row,col' or 'row,col;row,col'") from None
+        if len(designated) != len(goal):
+            raise ForesightError(f"--goal: {len(goal)} goal pixel(s) for {len(designated)} designated pixel(s)")
+        task = mpc.Task(0, args.seed, designated, goal)
+        for p in planners:
+            o = mpc.run_task(env, task, suite, p, predictor)
+            from foresight import viz
+            path = viz.write_gif(out / p / "task-000.gif", o.video, fps=10)
+            print(f"[{p}] distance {o.start_distance:.1f} -> {o.final_distance:.1f} px "
+                  f"({'success' if o.success else 'not reached'}); video {path}")
+        env.close()
+        return 0
+    summary = mpc.run_suite(suite, out, predictor, planners, source, args.videos, not args.no_progress,
+                            resolved={**recipes.to_dict(suite), "model": str(args.model) if args.model else None})
+    for p in planners:
+        s = summary[p]
+        print(f"[{p:>6}] success {100 * s['success']:.0f}% of {s['tasks']}, final/start "
+              f"{s['final_over_start']:.2f}, {s['seconds_per_replan']:.2f} s per replan")
+    print(f"results in {out} (summary.json, videos per planner)")
     return 0
 
 

@@ -81,7 +81,10 @@ def from_dict(cls: type[R], raw: dict, source: str = "<recipe>", prefix: str = "
                 raise ForesightError(f"{source}: missing key {key!r}{_help(f)}")
             continue
         values[name] = _check(hints[name], raw[name], f, source, key)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ForesightError as e:  # a dataclass's own cross-field checks: say which file and table
+        raise ForesightError(f"{source}: {f'table {prefix.rstrip(chr(46))!r}: ' if prefix else ''}{e}") from None
 
 
 def to_dict(recipe: Any) -> dict:

@@ -29,7 +29,13 @@ def enlarge(frame: np.ndarray, scale: int) -> np.ndarray:
 def draw_points(frame: np.ndarray, points: np.ndarray, scale: int = 4, colors: np.ndarray | None = None,
                 marker: str = "circle") -> np.ndarray:
     """Enlarge ``frame`` by ``scale`` and mark each (row, col) point (DESIGN.md pixel convention)."""
-    img = np.ascontiguousarray(enlarge(frame, scale))
+    return mark(enlarge(frame, scale), points, scale, colors, marker)
+
+
+def mark(image: np.ndarray, points: np.ndarray, scale: int, colors: np.ndarray | None = None,
+         marker: str = "circle") -> np.ndarray:
+    """Mark (row, col) points of the original image on an image already enlarged by ``scale``."""
+    img = np.ascontiguousarray(image).copy()
     colors = PALETTE if colors is None else np.asarray(colors)
     for k, (r, c) in enumerate(np.asarray(points, dtype=np.float64).reshape(-1, 2)):
         if not np.isfinite([r, c]).all():

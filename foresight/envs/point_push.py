@@ -98,8 +98,8 @@ def camera_fovy(height: int, width: int) -> float:
 class PointPushEnv(SimState, gym.Env):
     """image_size: int (square) or (H, W); objects: 1-3 blocks, named and coloured red, green,
     blue (`point_names`, `object_colors` (K, 3) uint8 as drawn on their top faces). `reset`
-    places pusher and blocks at random, non-overlapping, from `self.np_random`; it takes no
-    options."""
+    places pusher and blocks at random, non-overlapping, from `self.np_random`; with
+    `options={"pusher_near": d}` the pusher starts d metres from the first block."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": round(1 / (TIMESTEP * FRAME_SKIP))}
 
@@ -137,9 +137,19 @@ class PointPushEnv(SimState, gym.Env):
         super().reset(seed=seed)
         mujoco.mj_resetData(self.model, self.data)
         # rejection-sample non-overlapping positions (bounding circles 1 cm apart)
+        # options={"pusher_near": d}: the pusher starts d metres (gap between bounding circles) from the
+        # first block, in a random direction; planning suites use it to pose pushing tasks
+        near = (options or {}).get("pusher_near")
+        if near is not None and not (isinstance(near, (int, float)) and 0.01 <= near <= ARENA):
+            raise ForesightError(f"options['pusher_near']: expected metres in [0.01, {ARENA}], got {near!r}")
         radii = np.array([PUSHER] + [BLOCK * np.sqrt(2)] * len(self.point_names))
         while True:
             pos = self.np_random.uniform(-ARENA + radii[:, None], ARENA - radii[:, None], (len(radii), 2))  # (1 + K, 2)
+            if near is not None:
+                angle = self.np_random.uniform(-np.pi, np.pi)
+                pos[0] = pos[1] + (radii[0] + radii[1] + near) * np.array([np.cos(angle), np.sin(angle)])
+                if (np.abs(pos[0]) > ARENA - radii[0]).any():
+                    continue
             gaps = np.linalg.norm(pos[:, None] - pos[None], axis=-1) - (radii[:, None] + radii[None])
             if (gaps + 10 * np.eye(len(radii)) > 0.01).all():
                 break

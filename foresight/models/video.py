@@ -1,0 +1,483 @@
+"""Action-conditioned video prediction: CDNA, DNA and SNA, in one file.
+
+Finn, Goodfellow & Levine 2016, "Unsupervised Learning for Physical Interaction through Video
+Prediction" (CDNA, DNA); Ebert, Finn, Lee & Levine 2017, "Self-Supervised Visual Planning with
+Temporal Skip Connections" (SNA, designated pixels).
+
+The model never paints a frame from scratch. At every step a stack of seven layer-normalised
+convolutional LSTMs looks at the current frame (and the action, and the low-dimensional state)
+and predicts how to *move* that frame:
+
+    cdna  N kernels (k x k, taps sum to 1), each applied to the whole image;
+    dna   one k x k kernel per pixel;
+
+plus per-pixel masks (softmax over candidates) that composite the candidates
+
+    [current frame (static background), the transformed frame(s), first context frame if skip]
+
+into the next frame. With `skip=True` (SNA's temporal skip connection) the first context frame is a
+candidate, so pixels hidden by the arm can reappear. Finn's CDNA also composites a generated image;
+it is left out here because it has no meaning for designated-pixel distributions. Kernel taps are
+normalised with a softmax by default (Finn's relu-and-divide is `kernel_norm="relu"`; it learned
+several times slower on small problems).
+
+Designated pixels are distributions over the image, (B, K, H, W), each summing to 1. They ride
+along as extra image channels: the very same kernels and masks move them, so frames and pixels can
+never disagree. Two things would leak mass: zero padding at the border (mass pushed off the image)
+and compositing (masks form a per-pixel convex combination, which is not mass-preserving). So after
+every step each distribution is renormalised to total mass 1.
+
+Kernel convention: tap (i, j) of a k x k kernel (r = k // 2) reads source pixel
+(row + i - r, col + j - r), as F.conv2d does. A kernel whose mass sits at tap (r, r - 1) therefore
+moves content one pixel to the right (+1 column).
+
+API:
+    config = VideoPredictionConfig.paper(image_size=(64, 64), channels=3, action_dim=2, variant="sna")
+    model = VideoPredictionModel(config)
+    out = model(frames, actions, states=None, pixels=None, num_context=2)   # -> VideoPrediction
+    terms = model.loss(frames, actions, states, num_context=2, sample_prob=p)  # training
+    flops_per_frame(config)                                                 # benchmarks
+"""
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from foresight.errors import ForesightError
+
+TRANSFORMS = ("cdna", "dna")
+VARIANTS = ("cdna", "dna", "sna")  # sna = dna + skip (Ebert et al. 2017)
+KERNEL_NORMS = ("relu", "softmax")
+RELU_SHIFT = 1e-12  # Finn: relu(x - shift) + shift keeps every tap > 0, so a kernel never sums to 0
+STATE_LOSS_WEIGHT = 1e-4  # Finn's state_cost
+
+
+# -----------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True, kw_only=True)
+class VideoPredictionConfig:
+    image_size: tuple[int, int]  # (H, W), both divisible by 8 (three stride-2 stages)
+    channels: int  # 3 for colour, 1 for grey
+    action_dim: int
+    state_dim: int = 0  # 0: no low-dimensional state; else it is tiled in at the bottleneck and predicted
+    widths: tuple[int, ...] = (32, 32, 64, 64, 128, 64, 32)  # channels of lstm1 .. lstm7
+    lstm_kernel: int = 5  # conv-LSTM kernel size
+    transform: str = "cdna"  # "cdna" | "dna"
+    num_kernels: int = 10  # CDNA kernels (ignored by dna)
+    transform_kernel: int = 5  # size of the CDNA / DNA kernels
+    skip: bool = False  # SNA temporal skip: the first context frame is a compositing candidate
+    kernel_norm: str = "softmax"  # or "relu": Finn's relu(x - eps) + eps, divided by the sum (learns slower)
+    forget_bias: float = 1.0
+
+    @classmethod
+    def paper(cls, variant: str = "cdna", **fields) -> "VideoPredictionConfig":
+        """Finn et al.'s sizes: lstm widths 32-32-64-64-128-64-32, 5x5 conv-LSTMs, 10 CDNA 5x5 kernels."""
+        return cls._preset(variant, dict(widths=(32, 32, 64, 64, 128, 64, 32), lstm_kernel=5), fields)
+
+    @classmethod
+    def small(cls, variant: str = "cdna", **fields) -> "VideoPredictionConfig":
+        """A quarter of the paper's widths with 3x3 conv-LSTMs: ~9x fewer FLOPs, trains on a laptop CPU."""
+        return cls._preset(variant, dict(widths=(16, 16, 32, 32, 64, 32, 16), lstm_kernel=3), fields)
+
+    @classmethod
+    def _preset(cls, variant, preset, fields):
+        if variant not in VARIANTS:
+            raise ForesightError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+        preset = dict(preset, transform="cdna" if variant == "cdna" else "dna", skip=variant == "sna",
+                      num_kernels=10, transform_kernel=5)
+        return cls(**{**preset, **fields})
+
+    @property
+    def variant(self) -> str:
+        return "sna" if self.transform == "dna" and self.skip else self.transform
+
+    @property
+    def num_candidates(self) -> int:
+        """Compositing candidates: current frame, transformed frame(s), first frame if skip."""
+        return 1 + (self.num_kernels if self.transform == "cdna" else 1) + int(self.skip)
+
+    def __post_init__(self):
+        def fail(name, expected):
+            raise ForesightError(f"VideoPredictionConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+        def is_int(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        size = self.image_size
+        if not (isinstance(size, (tuple, list)) and len(size) == 2
+                and all(is_int(s) and s >= 8 and s % 8 == 0 for s in size)):
+            fail("image_size", "(H, W): two positive ints divisible by 8")
+        object.__setattr__(self, "image_size", tuple(size))  # TOML / JSON give lists
+        for name in ("channels", "action_dim"):
+            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
+                fail(name, "an int >= 1")
+        if not (is_int(self.state_dim) and self.state_dim >= 0):
+            fail("state_dim", "an int >= 0")
+        if not (isinstance(self.widths, (tuple, list)) and len(self.widths) == 7
+                and all(is_int(w) and w >= 1 for w in self.widths)):
+            fail("widths", "7 positive ints (lstm1 .. lstm7)")
+        object.__setattr__(self, "widths", tuple(self.widths))
+        for name in ("lstm_kernel", "transform_kernel"):
+            k = getattr(self, name)
+            if not (is_int(k) and k >= 1 and k % 2 == 1):
+                fail(name, "an odd int >= 1")
+        if self.transform not in TRANSFORMS:
+            fail("transform", f"one of {TRANSFORMS}")
+        if not (is_int(self.num_kernels) and self.num_kernels >= 1):
+            fail("num_kernels", "an int >= 1")
+        if not isinstance(self.skip, bool):
+            fail("skip", "a bool")
+        if self.kernel_norm not in KERNEL_NORMS:
+            fail("kernel_norm", f"one of {KERNEL_NORMS}")
+        if not (isinstance(self.forget_bias, (int, float)) and not isinstance(self.forget_bias, bool)
+                and math.isfinite(self.forget_bias)):
+            fail("forget_bias", "a finite number")
+
+
+class VideoPrediction(NamedTuple):
+    frames: torch.Tensor  # (B, T, C, H, W) predictions of frames 1..T, float32 in [0, 1]
+    states: torch.Tensor | None  # (B, T, S) predicted states 1..T, or None when state_dim == 0
+    pixels: torch.Tensor | None  # (B, T - num_context + 1, K, H, W) distributions at frames num_context..T
+
+
+# -----------------------------------------------------------------------------
+# transformations (all shapes float32; autocast is switched off around them)
+
+
+def normalize_kernels(logits: torch.Tensor, dim: int, kind: str) -> torch.Tensor:
+    """Make the taps along `dim` non-negative and sum to 1."""
+    if kind == "softmax":
+        return torch.softmax(logits, dim)
+    k = F.relu(logits - RELU_SHIFT) + RELU_SHIFT
+    return k / k.sum(dim, keepdim=True)
+
+
+def cdna_transform(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """images (B, Ch, H, W), kernels (B, N, k, k) -> (B, N, Ch, H, W); zero padding.
+
+    Kernel n of sample b filters every channel of image b. Finn's trick: put the batch on the channel
+    axis and run one grouped convolution with a group per sample.
+    """
+    B, Ch, H, W = images.shape
+    N, k = kernels.shape[1], kernels.shape[-1]
+    x = images.transpose(0, 1)  # (Ch, B, H, W): the channels play the batch
+    y = F.conv2d(x, kernels.reshape(B * N, 1, k, k), padding=k // 2, groups=B)  # (Ch, B*N, H, W)
+    return y.reshape(Ch, B, N, H, W).permute(1, 2, 0, 3, 4)
+
+
+def dna_transform(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """images (B, Ch, H, W), kernels (B, k*k, H, W) -> (B, Ch, H, W); zero padding.
+
+    out[b, c, y, x] = sum_ij kernels[b, i*k + j, y, x] * images[b, c, y + i - r, x + j - r]:
+    a sum of k*k shifted copies (a loop over taps, never over pixels; no k*k-fold unfold in memory).
+    """
+    H, W = images.shape[-2:]
+    k = math.isqrt(kernels.shape[1])
+    r = k // 2
+    padded = F.pad(images, (r, r, r, r))
+    out = torch.zeros_like(images)
+    for i in range(k):
+        for j in range(k):
+            out = out + kernels[:, i * k + j, None] * padded[:, :, i:i + H, j:j + W]
+    return out
+
+
+# -----------------------------------------------------------------------------
+# layers
+
+
+class ConvLSTMCell(nn.Module):
+    """Convolutional LSTM (Shi et al. 2015) as Finn's basic_conv_lstm_cell: one convolution over
+    [input, h] gives the four gates; the forget gate gets +forget_bias. The recurrent h stays raw;
+    the output passed up the stack is layer-normalised (Finn normalises each LSTM's output)."""
+
+    def __init__(self, in_channels: int, width: int, kernel: int, forget_bias: float):
+        super().__init__()
+        self.width, self.forget_bias = width, forget_bias
+        self.conv = nn.Conv2d(in_channels + width, 4 * width, kernel, padding=kernel // 2)
+        self.norm = nn.GroupNorm(1, width)  # layer norm over (C, H, W), per-channel gain and bias
+
+    def forward(self, x, state):
+        if state is None:  # zero state, kept in float32 even under autocast
+            zeros = x.new_zeros(x.shape[0], self.width, *x.shape[2:], dtype=torch.float32)
+            zeros = zeros.contiguous(memory_format=torch.channels_last)
+            state = (zeros, zeros)
+        h, c = state
+        i, j, f, o = self.conv(torch.cat([x, h.to(x.dtype)], 1)).chunk(4, 1)
+        c = torch.sigmoid(f + self.forget_bias) * c + torch.sigmoid(i) * torch.tanh(j)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return self.norm(h), (h, c)
+
+
+# -----------------------------------------------------------------------------
+# the model
+
+
+class VideoPredictionModel(nn.Module):
+    """CDNA / DNA / SNA. See the module docstring; `forward` for the call."""
+
+    def __init__(self, config: VideoPredictionConfig):
+        super().__init__()
+        if not isinstance(config, VideoPredictionConfig):
+            raise ForesightError(f"config: expected a VideoPredictionConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        w1, w2, w3, w4, w5, w6, w7 = cfg.widths
+        H, W = cfg.image_size
+        k, fb = cfg.lstm_kernel, cfg.forget_bias
+
+        def up(c):  # 3x3 stride-2 transposed convolution: doubles H and W
+            return nn.ConvTranspose2d(c, c, 3, stride=2, padding=1, output_padding=1)
+
+        # encoder: H/2 -> H/4 -> H/8
+        self.enc0 = nn.Conv2d(cfg.channels, w1, 5, stride=2, padding=2)
+        self.enc0_norm = nn.GroupNorm(1, w1)
+        self.lstm1 = ConvLSTMCell(w1, w1, k, fb)
+        self.lstm2 = ConvLSTMCell(w1, w2, k, fb)
+        self.enc1 = nn.Conv2d(w2, w2, 3, stride=2, padding=1)
+        self.lstm3 = ConvLSTMCell(w2, w3, k, fb)
+        self.lstm4 = ConvLSTMCell(w3, w4, k, fb)
+        self.enc2 = nn.Conv2d(w4, w4, 3, stride=2, padding=1)
+        # bottleneck: action (and state) tiled over the H/8 x W/8 map
+        self.enc3 = nn.Conv2d(w4 + cfg.action_dim + cfg.state_dim, w4, 1)
+        self.lstm5 = ConvLSTMCell(w4, w5, k, fb)
+        # decoder: H/8 -> H/4 (+ skip enc1) -> H/2 (+ skip enc0) -> H
+        self.enc4 = up(w5)
+        self.lstm6 = ConvLSTMCell(w5, w6, k, fb)
+        self.enc5 = up(w6 + w2)
+        self.lstm7 = ConvLSTMCell(w6 + w2, w7, k, fb)
+        self.enc6 = up(w7 + w1)
+        self.enc6_norm = nn.GroupNorm(1, w7 + w1)
+        # heads
+        kk = cfg.transform_kernel ** 2
+        self.masks = nn.Conv2d(w7 + w1, cfg.num_candidates, 1)
+        if cfg.transform == "cdna":  # kernels from the whole bottleneck map (fully connected)
+            self.kernels = nn.Linear(w5 * (H // 8) * (W // 8), cfg.num_kernels * kk)
+        else:  # one kernel per pixel from the last decoder layer
+            self.kernels = nn.Conv2d(w7 + w1, kk, 1)
+        if cfg.state_dim:  # next state = linear(state, action)
+            self.state_head = nn.Linear(cfg.state_dim + cfg.action_dim, cfg.state_dim)
+
+    # --- one step of the network: frame, action, state -> kernels, mask logits, next state
+
+    def _network(self, frame, action, state, lstm):
+        cfg = self.config
+        # channels_last throughout: oneDNN's NCHW backward is up to 10x slower on CPU; cuDNN likes NHWC too
+        frame = frame.contiguous(memory_format=torch.channels_last)
+        enc0 = F.relu(self.enc0_norm(self.enc0(frame)))  # (B, w1, H/2, W/2)
+        h1, lstm[0] = self.lstm1(enc0, lstm[0])
+        h2, lstm[1] = self.lstm2(h1, lstm[1])
+        enc1 = F.relu(self.enc1(h2))  # (B, w2, H/4, W/4)
+        h3, lstm[2] = self.lstm3(enc1, lstm[2])
+        h4, lstm[3] = self.lstm4(h3, lstm[3])
+        enc2 = F.relu(self.enc2(h4))  # (B, w4, H/8, W/8)
+        sa = action if state is None else torch.cat([action, state], 1)  # (B, A [+ S])
+        smear = sa[:, :, None, None].expand(-1, -1, *enc2.shape[2:]).to(enc2.dtype)
+        enc3 = F.relu(self.enc3(torch.cat([enc2, smear], 1).contiguous(memory_format=torch.channels_last)))
+        h5, lstm[4] = self.lstm5(enc3, lstm[4])  # (B, w5, H/8, W/8)
+        enc4 = F.relu(self.enc4(h5))
+        h6, lstm[5] = self.lstm6(enc4, lstm[5])  # (B, w6, H/4, W/4)
+        enc5 = F.relu(self.enc5(torch.cat([h6, enc1], 1)))
+        h7, lstm[6] = self.lstm7(enc5, lstm[6])  # (B, w7, H/2, W/2)
+        enc6 = F.relu(self.enc6_norm(self.enc6(torch.cat([h7, enc0], 1))))  # (B, w7 + w1, H, W)
+        kernels = self.kernels(h5.flatten(1) if cfg.transform == "cdna" else enc6)
+        next_state = self.state_head(sa) if state is not None else None
+        return kernels, self.masks(enc6), next_state
+
+    # --- move the source (frame channels + pixel channels) and composite the candidates
+
+    def _transform(self, source, skip_source, kernels, mask_logits):
+        cfg = self.config
+        k = cfg.transform_kernel
+        B, _, H, W = source.shape
+        with torch.autocast(source.device.type, enabled=False):  # float32: keeps pixel mass exact
+            if cfg.transform == "cdna":
+                kern = normalize_kernels(kernels.float().view(B, cfg.num_kernels, k * k), 2, cfg.kernel_norm)
+                moved = cdna_transform(source, kern.view(B, cfg.num_kernels, k, k))  # (B, N, Ch, H, W)
+            else:
+                kern = normalize_kernels(kernels.float(), 1, cfg.kernel_norm)  # (B, k*k, H, W)
+                moved = dna_transform(source, kern)[:, None]  # (B, 1, Ch, H, W)
+            candidates = [source[:, None], moved] + ([skip_source[:, None]] if cfg.skip else [])
+            candidates = torch.cat(candidates, 1)  # (B, M, Ch, H, W)
+            masks = torch.softmax(mask_logits.float(), 1)  # (B, M, H, W)
+            return (candidates * masks[:, :, None]).sum(1)  # (B, Ch, H, W)
+
+    def forward(self, frames, actions, states=None, pixels=None, num_context: int = 2,
+                sample_prob: float = 0.0, generator: torch.Generator | None = None) -> VideoPrediction:
+        """Roll the model out for T = actions.shape[1] steps.
+
+        frames   (B, T0, C, H, W) float in [0, 1], num_context <= T0 <= T + 1: ground truth; frames past
+                 the context are used only for scheduled sampling.
+        actions  (B, T, A): action t takes frame t to frame t + 1.
+        states   (B, T0s, S), num_context <= T0s <= T + 1: required iff config.state_dim > 0.
+        pixels   (B, K, H, W): designated-pixel distributions at frame num_context - 1 (each sums to 1).
+        At step t the input frame (and state) is ground truth if t < num_context, else the model's own
+        previous prediction, except that with sample_prob each sequence independently gets ground
+        truth (where there is one) at that step: Finn's scheduled sampling, redrawn every step.
+        """
+        cfg = self.config
+        B, T, T0 = self._check_inputs(frames, actions, states, pixels, num_context, sample_prob)
+        C = cfg.channels
+        lstm = [None] * 7
+        out_frames, out_states, out_pixels = [], [], []
+        frame = state = dist = None
+        skip_frame = frames[:, 0].float()  # SNA's skip candidate: the first context frame ...
+        skip_both = None if pixels is None else torch.cat([skip_frame, pixels.float()], 1)  # ... and the given pixels
+        for t in range(T):
+            if t < num_context:
+                frame = frames[:, t].float()
+                state = states[:, t].float() if states is not None else None
+            elif sample_prob > 0:  # scheduled sampling: some sequences see ground truth
+                draw = torch.rand(B, generator=generator,
+                                  device=generator.device if generator is not None else frames.device)
+                use_truth = draw.to(frames.device) < sample_prob
+                if t < T0:
+                    frame = torch.where(use_truth[:, None, None, None], frames[:, t].float(), frame)
+                if states is not None and t < states.shape[1]:
+                    state = torch.where(use_truth[:, None], states[:, t].float(), state)
+            kernels, mask_logits, next_state = self._network(frame, actions[:, t].float(), state, lstm)
+
+            tracking = pixels is not None and t >= num_context - 1
+            if tracking:  # designated pixels ride along as extra channels
+                dist = pixels.float() if t == num_context - 1 else dist
+                moved = self._transform(torch.cat([frame, dist], 1), skip_both, kernels, mask_logits)
+            else:
+                moved = self._transform(frame, skip_frame, kernels, mask_logits)
+            frame = moved[:, :C]
+            out_frames.append(frame)
+            if tracking:
+                dist = moved[:, C:]
+                mass = dist.sum((2, 3), keepdim=True)
+                dist = dist / mass.clamp_min(torch.finfo(dist.dtype).tiny)  # renormalise: see module doc
+                out_pixels.append(dist)
+            if next_state is not None:
+                state = next_state.float()
+                out_states.append(state)
+
+        return VideoPrediction(
+            frames=torch.stack(out_frames, 1),
+            states=torch.stack(out_states, 1) if out_states else None,
+            pixels=torch.stack(out_pixels, 1) if out_pixels else None,
+        )
+
+    def loss(self, frames, actions, states=None, num_context: int = 2, sample_prob: float = 0.0,
+             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Finn's training loss on a sequence of T + 1 frames: mean squared error of the predictions of
+        frames num_context..T (the earlier ones are teacher-forced), plus 1e-4 x the state error.
+
+        frames (B, T + 1, C, H, W), actions (B, T, A), states (B, T + 1, S) iff state_dim > 0.
+        Returns {"loss": to minimise, "image_mse": ..., ["state_mse": ...]}.
+        """
+        pred = self(frames, actions, states, num_context=num_context, sample_prob=sample_prob,
+                    generator=generator)  # checks the shapes
+        T = actions.shape[1]
+        if frames.shape[1] != T + 1:
+            raise ForesightError(f"frames: expected (B, T + 1, C, H, W) with T + 1 = {T + 1} "
+                                 f"(one more than actions), got {tuple(frames.shape)}")
+        image_mse = F.mse_loss(pred.frames[:, num_context - 1:], frames[:, num_context:].float())
+        terms = {"loss": image_mse, "image_mse": image_mse}
+        if pred.states is not None:
+            if states.shape[1] != T + 1:
+                raise ForesightError(f"states: expected (B, T + 1, S) with T + 1 = {T + 1}, "
+                                     f"got {tuple(states.shape)}")
+            state_mse = F.mse_loss(pred.states[:, num_context - 1:], states[:, num_context:].float())
+            terms["state_mse"] = state_mse
+            terms["loss"] = image_mse + STATE_LOSS_WEIGHT * state_mse
+        return terms
+
+    # --- input checks: one clear error per mistake
+
+    def _check_inputs(self, frames, actions, states, pixels, num_context, sample_prob):
+        cfg = self.config
+        C, (H, W), A, S = cfg.channels, cfg.image_size, cfg.action_dim, cfg.state_dim
+        if not (isinstance(num_context, int) and num_context >= 1):
+            raise ForesightError(f"num_context: expected an int >= 1, got {num_context!r}")
+        if not (0.0 <= sample_prob <= 1.0):
+            raise ForesightError(f"sample_prob: expected a probability in [0, 1], got {sample_prob!r}")
+        if not (torch.is_tensor(actions) and actions.dim() == 3 and actions.shape[2] == A):
+            raise ForesightError(f"actions: expected shape (B, T, {A}) (action_dim={A}), "
+                                 f"got {_shape(actions)}")
+        B, T = actions.shape[:2]
+        if T < num_context:
+            raise ForesightError(f"actions: expected T >= num_context={num_context} steps, got {_shape(actions)}")
+        if not (torch.is_tensor(frames) and frames.dim() == 5):
+            raise ForesightError(f"frames: expected shape (B, T0, {C}, {H}, {W}), got {_shape(frames)}")
+        if not frames.is_floating_point():
+            raise ForesightError(f"frames: expected float in [0, 1], got dtype {frames.dtype} "
+                                 "(convert uint8 with frames.float() / 255)")
+        if frames.shape[0] != B:
+            raise ForesightError(f"frames: batch {frames.shape[0]} differs from actions' batch {B}")
+        if tuple(frames.shape[2:]) != (C, H, W):
+            raise ForesightError(f"frames: expected (channels, height, width) = {(C, H, W)} from the config, "
+                                 f"got {tuple(frames.shape[2:])} in {_shape(frames)}")
+        T0 = frames.shape[1]
+        if not num_context <= T0 <= T + 1:
+            raise ForesightError(f"frames: expected num_context={num_context} <= T0 <= T + 1 = {T + 1} "
+                                 f"frames, got {_shape(frames)}")
+        if S == 0 and states is not None:
+            raise ForesightError("states: this model has state_dim=0; pass states=None")
+        if S > 0:
+            if not (torch.is_tensor(states) and states.dim() == 3 and states.shape[0] == B
+                    and states.shape[2] == S and num_context <= states.shape[1] <= T + 1):
+                raise ForesightError(f"states: expected shape ({B}, T0s, {S}) with num_context={num_context} "
+                                     f"<= T0s <= {T + 1} (state_dim={S}), got {_shape(states)}")
+        if pixels is not None:
+            if not (torch.is_tensor(pixels) and pixels.dim() == 4 and pixels.shape[0] == B
+                    and tuple(pixels.shape[2:]) == (H, W)):
+                raise ForesightError(f"pixels: expected shape ({B}, K, {H}, {W}), got {_shape(pixels)}")
+            mass = pixels.float().sum((2, 3))
+            if not torch.allclose(mass, torch.ones_like(mass), atol=1e-3) or bool((pixels < 0).any()):
+                raise ForesightError("pixels: expected non-negative distributions, each summing to 1 "
+                                     f"over (H, W); got masses {mass.flatten()[:4].tolist()}...")
+        return B, T, T0
+
+
+def _shape(x):
+    return tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+
+
+# -----------------------------------------------------------------------------
+# helpers for training loops and benchmarks
+
+
+def scheduled_sampling_prob(step: int, k: float = 900.0) -> float:
+    """Finn's inverse-sigmoid schedule: the fraction of the batch fed ground truth at training step
+    `step` (1.0 at the start, 0.5 near step k * ln k, ~0 after); pass it as sample_prob."""
+    return k / (k + math.exp(min(step / k, 700.0)))
+
+
+def flops_per_frame(config: VideoPredictionConfig) -> int:
+    """Floating-point operations (2 x multiply-adds of convolutions and linear layers, the convention
+    of torch.utils.flop_counter) to predict one frame, designated pixels not included."""
+    cfg = config
+    w1, w2, w3, w4, w5, w6, w7 = cfg.widths
+    H, W = cfg.image_size
+    n2, n4, n8 = (H // 2) * (W // 2), (H // 4) * (W // 4), (H // 8) * (W // 8)
+    lk, tk = cfg.lstm_kernel ** 2, cfg.transform_kernel ** 2
+    a, s = cfg.action_dim, cfg.state_dim
+
+    def conv(cin, cout, kk, n):
+        return 2 * cin * cout * kk * n
+
+    def lstm(cin, width, n):
+        return conv(cin + width, 4 * width, lk, n)
+
+    total = (conv(cfg.channels, w1, 25, n2) + lstm(w1, w1, n2) + lstm(w1, w2, n2)
+             + conv(w2, w2, 9, n4) + lstm(w2, w3, n4) + lstm(w3, w4, n4)
+             + conv(w4, w4, 9, n8) + conv(w4 + a + s, w4, 1, n8) + lstm(w4, w5, n8)
+             + conv(w5, w5, 9, n8) + lstm(w5, w6, n4)  # transposed convs: taps x *input* pixels
+             + conv(w6 + w2, w6 + w2, 9, n4) + lstm(w6 + w2, w7, n2)
+             + conv(w7 + w1, w7 + w1, 9, n2)
+             + conv(w7 + w1, cfg.num_candidates, 1, H * W))
+    if cfg.transform == "cdna":
+        total += 2 * w5 * n8 * cfg.num_kernels * tk  # kernel head (fully connected)
+        total += 2 * cfg.channels * cfg.num_kernels * tk * H * W  # grouped conv
+    else:
+        total += conv(w7 + w1, tk, 1, H * W)  # per-pixel kernels (the shifted sums are not convs)
+    if s:
+        total += 2 * (s + a) * s
+    return total

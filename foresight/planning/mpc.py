@@ -1,0 +1,302 @@
+"""Visual MPC: plan with CEM from the latest frames, execute, carry the designated pixels, replan.
+
+A task: from a start state, move each designated pixel (an object's pixel in the first frame) to its
+goal pixel. Three planners share the loop and the CEM settings:
+
+    model    scores samples with the video model's predicted designated-pixel distributions
+    oracle   scores samples with the true simulator's object pixels (``rollout_points``): the bound
+             a perfect model would reach
+    random   executes random actions, each held ``repeat`` steps
+
+Success and distances are always measured with the simulator's true object pixels.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from foresight import evaluation, viz
+from foresight.errors import ForesightError
+from foresight.planning.cem import CEM, CEMConfig, repeat_actions
+from foresight.planning.costs import DesignatedPixelCost, step_weights
+from foresight.recipes import spec
+
+PLANNERS = ("model", "oracle", "random")
+
+
+@dataclass(frozen=True)
+class MPCSettings:
+    replan_every: int = spec(3, min=1, help="environment steps executed between plans")
+    redesignate: bool = spec(False, help="restart each designated pixel at the true object pixel after every "
+                                         "execution (for comparison) instead of carrying the model's prediction")
+    last_weight: float = spec(10.0, min=0.0, help="weight of the plan's last step in the cost")
+    amp: str = spec("off", choices=("off", "bf16"), help="bf16 autocast for the model's predictions")
+
+
+@dataclass(frozen=True)
+class SuiteRecipe:
+    name: str = spec(help="suite name; results land in <suite folder>/results/<name>/")
+    env: str = spec(help="a registered environment id")
+    tasks: int = spec(50, min=1)
+    seed: int = spec(0, min=0)
+    steps: int = spec(45, min=1, help="environment steps per task")
+    designated: int = spec(1, min=1, help="how many objects (the first ones) are designated")
+    goal: str = spec("offset", choices=("offset", "env"),
+                     help="'offset': goal pixels goal_min_px..goal_max_px from the start; 'env': info['goal_pixel']")
+    goal_min_px: float = spec(8.0, min=0.0)
+    goal_max_px: float = spec(20.0, min=0.0)
+    goal_margin_px: float = spec(10.0, min=0.0, help="offset goals stay this far inside the image border")
+    success_px: float = spec(3.0, min=0.0)
+    baselines: tuple[str, ...] = spec(("random", "oracle"), help="planners run beside the model")
+    env_kwargs: dict = spec({})
+    reset_options: dict = spec({}, help="options for env.reset, e.g. {pusher_near = 0.03} in PointPush")
+    cem: CEMConfig = spec(CEMConfig())
+    mpc: MPCSettings = spec(MPCSettings())
+
+
+@dataclass
+class Task:
+    index: int
+    seed: int  # the environment's reset seed
+    designated: np.ndarray  # (K, 2) (row, col)
+    goals: np.ndarray  # (K, 2)
+
+
+@dataclass
+class Outcome:
+    task: Task
+    planner: str
+    start_distance: float  # mean over designated pixels, true object pixels
+    final_distance: float
+    success: bool
+    replans: int
+    seconds_per_replan: float
+    model_seconds_per_replan: float
+    video: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        return {"task": self.task.index, "seed": self.task.seed, "designated": self.task.designated.tolist(),
+                "goals": self.task.goals.tolist(), "start_distance": round(self.start_distance, 3),
+                "final_distance": round(self.final_distance, 3), "success": self.success,
+                "seconds_per_replan": round(self.seconds_per_replan, 4)}
+
+
+def make_tasks(suite: SuiteRecipe, env: gym.Env, source: str = "suite") -> list[Task]:
+    """The seeded tasks of a suite: start states, designated pixels and goal pixels."""
+    if suite.goal_min_px > suite.goal_max_px:
+        raise ForesightError(f"{source}: key 'goal_min_px': must be <= goal_max_px ({suite.goal_max_px}), "
+                             f"got {suite.goal_min_px}")
+    tasks = []
+    for i in range(suite.tasks):
+        rng = np.random.default_rng([suite.seed, i])
+        seed = int(rng.integers(2**31))
+        obs, info = env.reset(seed=seed, options=suite.reset_options)
+        H, W = obs.shape[:2]
+        if suite.designated > len(info["points"]):
+            raise ForesightError(f"{source}: key 'designated': {suite.env} tracks {len(info['points'])} object(s), "
+                                 f"got {suite.designated}")
+        designated = info["points"][:suite.designated].astype(np.float64)
+        if suite.goal == "env":
+            if "goal_pixel" not in info:
+                raise ForesightError(f"{source}: key 'goal': {suite.env} has no goal pixel; use goal = 'offset'")
+            goals = np.asarray(info["goal_pixel"], dtype=np.float64).reshape(1, 2).repeat(suite.designated, 0)
+        else:
+            goals = np.stack([_offset_goal(p, suite, H, W, rng, source) for p in designated])
+        tasks.append(Task(i, seed, designated, goals))
+    return tasks
+
+
+def _offset_goal(point, suite: SuiteRecipe, H: int, W: int, rng, source: str) -> np.ndarray:
+    m = suite.goal_margin_px
+    for _ in range(1000):
+        angle, radius = rng.uniform(0, 2 * math.pi), rng.uniform(suite.goal_min_px, suite.goal_max_px)
+        goal = point + radius * np.array([math.sin(angle), math.cos(angle)])
+        if m <= goal[0] <= H - 1 - m and m <= goal[1] <= W - 1 - m:
+            return goal
+    raise ForesightError(f"{source}: no goal {suite.goal_min_px}..{suite.goal_max_px} px from {point.round(1).tolist()} "
+                         f"lies {m} px inside the {H}x{W} image; lower goal_margin_px or the goal distances")
+
+
+def check_pixels(name: str, pixels: np.ndarray, H: int, W: int) -> np.ndarray:
+    """Designated and goal pixels must lie in the image."""
+    pixels = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
+    for r, c in pixels:
+        if not (0 <= r <= H - 1 and 0 <= c <= W - 1):
+            raise ForesightError(f"{name}: pixel ({r:g}, {c:g}) lies outside the {H}x{W} image "
+                                 f"(rows 0..{H - 1}, columns 0..{W - 1})")
+    return pixels
+
+
+class VideoPredictor:
+    """The video model as the planner uses it: from the latest real frames, predict the frames and
+    designated-pixel distributions that action sequences lead to, batched, in inference mode."""
+
+    def __init__(self, model, context: int = 2, amp: str = "off"):
+        if not hasattr(model, "config") or not hasattr(model.config, "transform"):
+            raise ForesightError("--model: this model predicts no pixel distributions (a video prediction "
+                                 "model, CDNA / DNA / SNA, is needed for designated pixels)")
+        self.model, self.context, self.bf16 = model.eval(), context, amp == "bf16"
+        self.seconds = 0.0
+
+    def __call__(self, frames: torch.Tensor, past: torch.Tensor, actions: torch.Tensor, dists: torch.Tensor):
+        """frames (Tc, C, H, W) float, past (Tc-1, A), actions (N, T, A), dists (K, H, W) ->
+        predicted frames (N, T, C, H, W) and distributions (N, T, K, H, W) after each action."""
+        start = time.perf_counter()
+        N = actions.shape[0]
+        f = frames[None].expand(N, *frames.shape)
+        a = torch.cat([past[None].expand(N, *past.shape), actions], 1)
+        p = dists[None].expand(N, *dists.shape)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(f, a, pixels=p, num_context=self.context)
+        self.seconds += time.perf_counter() - start
+        return out.frames[:, self.context - 1:].float(), out.pixels.float()
+
+
+def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predictor: VideoPredictor | None = None,
+             record: bool = True) -> Outcome:
+    """Run one task with one planner; record a video of it when asked."""
+    if planner not in PLANNERS:
+        raise ForesightError(f"planner: expected one of {PLANNERS}, got {planner!r}")
+    if planner == "model" and predictor is None:
+        raise ForesightError("planner 'model' needs --model RUN")
+    obs, info = env.reset(seed=task.seed, options=suite.reset_options)
+    u = env.unwrapped
+    H, W = obs.shape[:2]
+    K = len(task.designated)
+    low, high = env.action_space.low, env.action_space.high
+    cem = CEM(suite.cem, low, high)
+    rng = np.random.default_rng([suite.seed, task.index, 7])
+    context = predictor.context if predictor else 2
+    frames = [obs] * context  # before the first step the scene is at rest: repeat the first frame
+    past = [np.zeros(env.action_space.shape, np.float32)] * (context - 1)
+    dist = evaluation.delta_distribution(torch.as_tensor(task.designated[None], dtype=torch.float32), H, W)[0]
+    cost = DesignatedPixelCost(task.goals, (H, W), last_weight=suite.mpc.last_weight)
+    goal_t = torch.as_tensor(task.goals, dtype=torch.float32)
+    to_model = lambda f: torch.as_tensor(np.stack(f), dtype=torch.float32).permute(0, 3, 1, 2) / 255  # noqa: E731
+    video, plan_seconds, model_before, replans = [], 0.0, predictor.seconds if predictor else 0.0, 0
+    predicted_frames = None
+    t = 0
+    while t < suite.steps:
+        n = min(suite.mpc.replan_every, suite.steps - t)
+        start = time.perf_counter()
+        if planner == "random":
+            decisions = rng.uniform(low, high, (math.ceil(n / suite.cem.repeat), *low.shape)).astype(np.float32)
+            executed = repeat_actions(torch.as_tensor(decisions), suite.cem.repeat)[:n].numpy()
+        else:
+            if planner == "oracle":
+                weights = None
+
+                def score(actions):  # (N, H, A) -> (N,): true object pixels after each step
+                    nonlocal weights
+                    points = torch.as_tensor(u.rollout_points(cem.expand(actions).numpy()))[:, :, :K]  # (N, T, K, 2)
+                    weights = step_weights(points.shape[1], suite.mpc.last_weight) if weights is None else weights
+                    return ((points - goal_t).norm(dim=-1).sum(-1) * weights).sum(-1)
+            else:
+                ctx, past_t = to_model(frames[-context:]), torch.as_tensor(np.stack(past[-(context - 1):]))
+
+                def score(actions):
+                    return cost(predictor(ctx, past_t, cem.expand(actions), dist)[1])
+            result = cem.plan(score)
+            plan = cem.expand(result.best)  # (H * repeat, A)
+            executed = plan[:n].numpy()
+            if planner == "model":  # the chosen plan's prediction: for the video, and to carry the pixels
+                predicted_frames, predicted_dists = predictor(ctx, past_t, plan[None], dist)
+            cem.shift(max(1, n // suite.cem.repeat))
+            replans += 1
+        plan_seconds += time.perf_counter() - start
+        for j, action in enumerate(executed):
+            obs, _, _, _, info = env.step(action)
+            frames.append(obs), past.append(np.asarray(action, np.float32))
+            if record:
+                shown = predicted_dists[0, j] if planner == "model" else None
+                video.append(_panel(obs, info["points"][:K], task.goals, shown,
+                                    predicted_frames[0, j] if planner == "model" else None))
+        t += n
+        if planner == "model":
+            if suite.mpc.redesignate:
+                dist = evaluation.delta_distribution(torch.as_tensor(info["points"][None, :K]), H, W)[0]
+            else:
+                dist = predicted_dists[0, len(executed) - 1]
+    final = info["points"][:K].astype(np.float64)
+    distances = np.linalg.norm(final - task.goals, axis=-1)
+    return Outcome(
+        task=task, planner=planner,
+        start_distance=float(np.linalg.norm(task.designated - task.goals, axis=-1).mean()),
+        final_distance=float(distances.mean()), success=bool((distances <= suite.success_px).all()),
+        replans=replans, seconds_per_replan=plan_seconds / max(replans, 1),
+        model_seconds_per_replan=((predictor.seconds - model_before) / max(replans, 1)) if predictor else 0.0,
+        video=video)
+
+
+def _panel(frame, points, goals, dist, predicted) -> np.ndarray:
+    """camera frame (goal: cross, true object: circle) | designated-pixel heat map | predicted frame."""
+    scale = 4
+    panels = [viz.mark(viz.draw_points(frame, goals, scale, marker="cross"), points, scale)]
+    if dist is not None:
+        panels.append(viz.mark(viz.heatmap(frame, dist.sum(0).numpy(), scale), goals, scale, marker="cross"))
+        pred = (predicted.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        panels.append(viz.draw_points(pred, goals, scale, marker="cross"))
+    return viz.grid([panels])
+
+
+def aggregate(outcomes: list[Outcome]) -> dict:
+    """Success rate and mean final / start distance, each with a 95% confidence interval."""
+    success = np.array([o.success for o in outcomes], dtype=np.float64)
+    ratio = np.array([o.final_distance / max(o.start_distance, 1e-6) for o in outcomes])
+    n = len(outcomes)
+
+    def ci(x):  # normal approximation; Wilson would be kinder near 0 and 1 but this is what papers report
+        half = 1.96 * x.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+        return [round(float(x.mean() - half), 4), round(float(x.mean() + half), 4)]
+
+    replans = [o for o in outcomes if o.replans]
+    return {
+        "tasks": n, "success": round(float(success.mean()), 4), "success_ci95": ci(success),
+        "final_over_start": round(float(ratio.mean()), 4), "final_over_start_ci95": ci(ratio),
+        "mean_final_distance": round(float(np.mean([o.final_distance for o in outcomes])), 3),
+        "mean_start_distance": round(float(np.mean([o.start_distance for o in outcomes])), 3),
+        "seconds_per_replan": round(float(np.mean([o.seconds_per_replan for o in replans])), 4) if replans else 0.0,
+        "model_seconds_per_replan": round(float(np.mean([o.model_seconds_per_replan for o in replans])), 4)
+        if replans else 0.0,
+    }
+
+
+def run_suite(suite: SuiteRecipe, out, predictor: VideoPredictor | None, planners: list[str], source: str = "suite",
+              videos: int = 10, progress: bool = True, resolved: dict | None = None) -> dict:
+    """Every task of ``suite`` with each planner; videos of the first ``videos`` tasks per planner and
+    ``summary.json`` under ``out``."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from foresight.collect import make_env
+
+    out = Path(out)
+    env = make_env(suite.env, suite.env_kwargs, source)
+    try:
+        tasks = make_tasks(suite, env, source)
+        if predictor is not None:
+            shape = env.observation_space.shape
+            cfg = predictor.model.config
+            if (*cfg.image_size, cfg.channels) != tuple(shape) or cfg.action_dim != env.action_space.shape[0]:
+                raise ForesightError(f"--model: predicts {cfg.image_size[0]}x{cfg.image_size[1]}x{cfg.channels} "
+                                     f"images with {cfg.action_dim}-d actions, {suite.env} gives {shape} with "
+                                     f"{env.action_space.shape[0]}-d actions")
+        summary = {"suite": suite.name, "env": suite.env, "tasks": len(tasks), "recipe": resolved}
+        for planner in planners:
+            outcomes = []
+            for task in tqdm(tasks, desc=f"plan {suite.name} [{planner}]", disable=not progress, dynamic_ncols=True):
+                o = run_task(env, task, suite, planner, predictor, record=task.index < videos)
+                if o.video:
+                    viz.write_gif(out / planner / f"task-{task.index:03d}.gif", o.video, fps=10)
+                outcomes.append(o)
+            summary[planner] = {**aggregate(outcomes), "per_task": [o.summary() for o in outcomes]}
+            evaluation.write_json(out / "summary.json", summary)  # after each planner: nothing lost on a kill
+    finally:
+        env.close()
+    return summary

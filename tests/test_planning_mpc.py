@@ -1,0 +1,89 @@
+"""The MPC loop: the oracle solves tiny tasks, the model planner runs end to end, bad input is named."""
+import json
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import foresight  # noqa: F401
+from foresight import recipes
+from foresight.errors import ForesightError
+from foresight.models.e2c import E2C, planar
+from foresight.models.video import VideoPredictionConfig, VideoPredictionModel
+from foresight.planning import mpc
+
+TINY = {"name": "tiny", "env": "foresight/PointPush-v0", "tasks": 3, "steps": 24, "seed": 1,
+        "reset_options": {"pusher_near": 0.02}, "goal_min_px": 6.0, "goal_max_px": 8.0,
+        "cem": {"samples": 60, "elites": 6, "iterations": 2, "horizon": 3, "repeat": 3}}
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = gym.make("foresight/PointPush-v0")
+    yield e
+    e.close()
+
+
+def suite(**changes):
+    return recipes.from_dict(mpc.SuiteRecipe, {**TINY, **changes}, "test")
+
+
+def test_tasks_are_seeded_and_goals_lie_in_range(env):
+    s = suite(tasks=5, goal_min_px=8.0, goal_max_px=20.0, reset_options={})
+    a, b = mpc.make_tasks(s, env), mpc.make_tasks(s, env)
+    for t, u in zip(a, b):
+        assert t.seed == u.seed and np.array_equal(t.goals, u.goals)
+        d = np.linalg.norm(t.goals - t.designated, axis=-1)
+        assert ((8 - 1e-9 <= d) & (d <= 20 + 1e-9)).all()
+        assert (t.goals >= 10).all() and (t.goals <= 63 - 10).all()
+
+
+def test_oracle_solves_tiny_tasks_and_beats_random(env):
+    s = suite()
+    tasks = mpc.make_tasks(s, env)
+    oracle = [mpc.run_task(env, t, s, "oracle", record=False) for t in tasks]
+    random = [mpc.run_task(env, t, s, "random", record=False) for t in tasks]
+    assert sum(o.success for o in oracle) >= 2, [o.final_distance for o in oracle]
+    assert mpc.aggregate(oracle)["final_over_start"] < 0.5 * mpc.aggregate(random)["final_over_start"]
+
+
+def test_model_planner_runs_end_to_end_and_writes_results(env, tmp_path):
+    torch.manual_seed(0)
+    cfg = VideoPredictionConfig.small("sna", image_size=(64, 64), channels=3, action_dim=2,
+                                      widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=3)
+    predictor = mpc.VideoPredictor(VideoPredictionModel(cfg))
+    s = suite(tasks=1, steps=6, cem={"samples": 8, "elites": 2, "iterations": 1, "horizon": 2, "repeat": 3})
+    summary = mpc.run_suite(s, tmp_path, predictor, ["model", "random"], progress=False)
+    assert summary["model"]["tasks"] == 1 and 0 <= summary["model"]["success"] <= 1
+    assert summary["model"]["model_seconds_per_replan"] > 0
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["random"]["per_task"][0]["start_distance"] == summary["random"]["per_task"][0]["start_distance"]
+    assert (tmp_path / "model" / "task-000.gif").exists()
+    # the carried distribution keeps mass 1
+    frames = torch.rand(2, 3, 64, 64)
+    dist = torch.zeros(1, 64, 64)
+    dist[0, 30, 30] = 1
+    _, dists = predictor(frames, torch.zeros(1, 2), torch.rand(5, 6, 2) * 2 - 1, dist)
+    assert torch.allclose(dists.sum((-1, -2)), torch.ones(5, 6, 1), atol=1e-4)
+
+
+def test_bad_input_is_named(env, tmp_path):
+    with pytest.raises(ForesightError, match=r"--goal: pixel \(70, 3\) lies outside the 64x64 image"):
+        mpc.check_pixels("--goal", [[70, 3]], 64, 64)
+    e2c = E2C(planar())
+    with pytest.raises(ForesightError, match="predicts no pixel distributions"):
+        mpc.VideoPredictor(e2c)
+    with pytest.raises(ForesightError, match="'env'.*unknown environment"):
+        mpc.run_suite(suite(env="foresight/Nowhere-v0"), tmp_path, None, ["random"], "s.toml", progress=False)
+    with pytest.raises(ForesightError, match="'designated'"):
+        mpc.make_tasks(suite(designated=2), env, "s.toml")
+    with pytest.raises(ForesightError, match=r"table 'cem': CEMConfig.elites"):
+        recipes.from_dict(mpc.SuiteRecipe, {**TINY, "cem": {"samples": 4, "elites": 9}}, "s.toml")
+    run = subprocess.run([sys.executable, "-m", "foresight", "plan", "--env", "foresight/PointPush-v0",
+                          "--designated", "20,31", "--goal", "44,99", "--planners", "random"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip() == "foresight: error: --goal: pixel (44, 99) lies outside the 64x64 image (rows 0..63, columns 0..63)"

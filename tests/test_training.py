@@ -1,0 +1,162 @@
+"""The training loop: loss falls, resume is exact, torchrun data-parallel agrees, errors are clear."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from foresight import collect, recipes, training
+from foresight.errors import ForesightError
+
+DATA = """
+name = "planar_seq"
+env = "foresight/Planar-v0"
+episodes = 24
+steps = 7
+seed = 11
+shard_size = 12
+[policy]
+kind = "random"
+repeat = 2
+"""
+
+RECIPE = """
+name = "tiny"
+data = "planar_seq"
+[model]
+kind = "video"
+variant = "sna"
+widths = [4, 4, 8, 8, 8, 8, 4]
+transform_kernel = 3
+[train]
+steps = 6
+batch_size = 4
+lr = 3e-3
+context = 2
+horizon = 4
+val_every = 3
+val_batches = 1
+sample_every = 6
+checkpoint_every = 3
+log_every = 1
+loader_workers = 0
+schedule_k = 0.0
+"""
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    (root / "data.toml").write_text(DATA)
+    collect.collect(recipes.load(collect.CollectRecipe, root / "data.toml"), root / "planar_seq", progress=False)
+    return root
+
+
+def recipe(root, name, *overrides):
+    path = root / f"{name}.toml"
+    path.write_text(RECIPE.replace('name = "tiny"', f'name = "{name}"'))
+    return recipes.load(training.TrainRecipe, path, list(overrides)), path
+
+
+def weights(run):
+    return torch.load(Path(run) / "checkpoint" / "model.pt", weights_only=True)
+
+
+def test_run_folder_holds_recipe_checkpoint_metrics_and_samples(workdir):
+    r, path = recipe(workdir, "layout")
+    run = training.train(r, path, progress=False)
+    assert run == workdir / "runs" / "layout"
+    resolved = json.loads((run / "recipe.json").read_text())
+    assert resolved["data"] == str(workdir / "planar_seq") and resolved["model_config"]["image_size"] == [40, 40]
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 6
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert any("val_psnr" in r for r in rows)
+    assert (run / "samples" / "step-000006.gif").exists()
+    model, learner, _, state = training.load_run(run)
+    assert state["step"] == 6 and learner.config.widths == (4, 4, 8, 8, 8, 8, 4)
+    with pytest.raises(ForesightError, match="already holds a checkpoint"):
+        training.train(r, path, progress=False)
+
+
+def test_training_lowers_the_loss(workdir):
+    r, path = recipe(workdir, "learns", "train.steps=80", "train.val_every=80", "train.checkpoint_every=80",
+                     "train.sample_every=80")
+    run = training.train(r, path, progress=False)
+    losses = [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+
+
+def test_resume_continues_exactly(workdir):
+    r, path = recipe(workdir, "straight")
+    straight = training.train(r, path, progress=False)
+    r3, path3 = recipe(workdir, "halves", "train.steps=3")
+    halves = training.train(r3, path3, progress=False)
+    assert json.loads((halves / "checkpoint" / "state.json").read_text())["step"] == 3
+    r6, _ = recipe(workdir, "halves")
+    training.train(r6, path3, resume=True, progress=False)
+    a, b = weights(straight), weights(halves)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(workdir, monkeypatch):
+    r, path = recipe(workdir, "nan", "train.checkpoint_every=1")
+    real = training.VideoLearner.loss
+
+    def poisoned(self, model, batch, step, device):
+        terms = real(self, model, batch, step, device)
+        return {**terms, "loss": terms["loss"] * float("nan")} if step == 4 else terms
+
+    monkeypatch.setattr(training.VideoLearner, "loss", poisoned)
+    with pytest.raises(ForesightError, match="diverged at step 4.*step 4"):
+        training.train(r, path, progress=False)
+    assert json.loads((workdir / "runs" / "nan" / "checkpoint" / "state.json").read_text())["step"] == 4
+
+
+def test_mismatches_are_errors(workdir, tmp_path):
+    r, path = recipe(workdir, "mismatch", "train.steps=1")
+    run = training.train(r, path, progress=False)
+    # a dataset with other images or actions than the model's
+    other = tmp_path / "pp.toml"
+    other.write_text('name = "pp"\nenv = "foresight/PointPush-v0"\nepisodes = 2\nsteps = 7\n[env_kwargs]\nimage_size = 32\n')
+    collect.collect(recipes.load(collect.CollectRecipe, other), tmp_path / "pp", progress=False)
+    model, learner, _, _ = training.load_run(run)
+    from foresight import datasets
+    with pytest.raises(ForesightError, match="images are 32x32x3, the model expects 40x40x1"):
+        learner.check_data(datasets.read_manifest(tmp_path / "pp")["shapes"], "pp")
+    # a checkpoint whose shapes differ: name them
+    bigger = training.VideoPredictionModel(training.VideoPredictionConfig.small(
+        "sna", image_size=(40, 40), channels=1, action_dim=2))
+    with pytest.raises(ForesightError, match=r"shapes differ \(enc0.weight: checkpoint \(4, 1, 5, 5\) vs model \(16, 1, 5, 5\)"):
+        training.load_state_dict(bigger, run / "checkpoint" / "model.pt")
+    # bad recipe values name the key
+    with pytest.raises(ForesightError, match="key 'model.widths': expected 7 positive ints"):
+        training.train(recipe(workdir, "badw", "model.widths=[1, 2]")[0], path, progress=False)
+    with pytest.raises(ForesightError, match="'model.colour'"):
+        training.train(recipe(workdir, "badk", "model.colour=1")[0], path, progress=False)
+    with pytest.raises(ForesightError, match="'train.horizon'"):
+        training.train(recipe(workdir, "badh", "train.horizon=9")[0], path, progress=False)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ForesightError, match="junk.pt: cannot be read"):
+        training.load_state_dict(model, tmp_path / "junk.pt")
+
+
+def test_torchrun_two_processes_match_one(workdir):
+    """DDP with 2 gloo processes, each half of the global batch, gives one process's weights."""
+    r, path = recipe(workdir, "single", "train.steps=3")
+    single = training.train(r, path, progress=False)
+    ddp_path = workdir / "ddp.toml"
+    ddp_path.write_text(path.read_text().replace('name = "single"', 'name = "ddp"'))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                          "-m", "foresight", "train", str(ddp_path), "--set", "train.steps=3", "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    state = json.loads((workdir / "runs" / "ddp" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 3 and state["world_size"] == 2
+    a, b = weights(single), weights(workdir / "runs" / "ddp")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-4, worst
