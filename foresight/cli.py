@@ -135,9 +135,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    import numpy as np
-
-    from foresight import recipes, training
+    from foresight import recipes, training, viz
     from foresight.collect import make_env
     from foresight.planning import mpc
 
@@ -152,12 +150,10 @@ def cmd_plan(args) -> int:
     elif args.env:
         if not (args.designated and args.goal):
             raise ForesightError("--env: a single task needs --designated ROW,COL and --goal ROW,COL")
-        suite = recipes.from_dict(mpc.SuiteRecipe, {"name": "single", "env": args.env, "tasks": 1}, "--env")
-        suite = recipes.from_dict(mpc.SuiteRecipe, {**recipes.to_dict(suite), "baselines": []}, "--env")
+        raw = {"name": "single", "env": args.env, "tasks": 1, "baselines": []}
         for item in args.set:
-            raw = recipes.to_dict(suite)
             recipes.apply_override(raw, item)
-            suite = recipes.from_dict(mpc.SuiteRecipe, raw, "--set")
+        suite = recipes.from_dict(mpc.SuiteRecipe, raw, "--env")
         source, out = "--env", Path(args.out or "plan/results/single")
     else:
         raise ForesightError("plan: give a suite file (plan/point_push.toml) or a single task (--env ID ...)")
@@ -183,7 +179,6 @@ def cmd_plan(args) -> int:
         task = mpc.Task(0, args.seed, designated, goal)
         for p in planners:
             o = mpc.run_task(env, task, suite, p, predictor)
-            from foresight import viz
             path = viz.write_gif(out / p / "task-000.gif", o.video, fps=10)
             print(f"[{p}] distance {o.start_distance:.1f} -> {o.final_distance:.1f} px "
                   f"({'success' if o.success else 'not reached'}); video {path}")
