@@ -130,7 +130,7 @@ def test_mismatches_are_errors(workdir, tmp_path):
         learner.check_data(datasets.read_manifest(tmp_path / "pp")["shapes"], "pp")
     # a checkpoint whose shapes differ: name them
     bigger = training.VideoPredictionModel(training.VideoPredictionConfig.small(
-        "sna", image_size=(40, 40), channels=1, action_dim=2))
+        "sna", image_size=(40, 40), channels=1, action_dim=2, widths=(16, 16, 32, 32, 64, 32, 16)))
     with pytest.raises(ForesightError, match=r"shapes differ \(enc0.weight: checkpoint \(4, 1, 5, 5\) vs model \(16, 1, 5, 5\)"):
         training.load_state_dict(bigger, run / "checkpoint" / "model.pt")
     # bad recipe values name the key
