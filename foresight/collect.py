@@ -157,7 +157,7 @@ def collect(recipe: CollectRecipe, out: str | Path, workers: int = 1, source: st
                dynamic_ncols=True, smoothing=0.1)
     try:
         if workers == 1 or len(todo) <= 1:
-            ticks = _BarTicks(bar, frames_per_episode)
+            ticks = lambda: bar.update(frames_per_episode)  # noqa: E731
             for j in todo:
                 done[j] = write_shard(recipe, j, out, ticks)
                 publish()
@@ -223,14 +223,6 @@ def _check_same_recipe(manifest: dict, header: dict, out: Path) -> None:
         if old.get(key) != new.get(key):
             raise ForesightError(f"{out / datasets.MANIFEST}: this dataset was collected with {key} = {old.get(key)!r}, "
                                  f"the recipe now says {new.get(key)!r}; collect into another --out or delete {out}")
-
-
-class _BarTicks:
-    def __init__(self, bar, n):
-        self.bar, self.n = bar, n
-
-    def __call__(self):
-        self.bar.update(self.n)
 
 
 _progress_queue = None

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from foresight.datasets import atomic_write_text
 from foresight.errors import ForesightError
 
 
@@ -58,10 +59,9 @@ def expected_distance(dist: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def write_json(path: Path, data: dict) -> Path:
+    """Write through a temporary file and an atomic rename (the dataset store's way)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return path
 
 

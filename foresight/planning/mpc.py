@@ -189,12 +189,10 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
             executed = repeat_actions(torch.as_tensor(decisions), suite.cem.repeat)[:n].numpy()
         else:
             if planner == "oracle":
-                weights = None
+                weights = step_weights(suite.cem.horizon * suite.cem.repeat, suite.mpc.last_weight)
 
                 def score(actions):  # (N, H, A) -> (N,): true object pixels after each step
-                    nonlocal weights
                     points = torch.as_tensor(u.rollout_points(cem.expand(actions).numpy()))[:, :, :K]  # (N, T, K, 2)
-                    weights = step_weights(points.shape[1], suite.mpc.last_weight) if weights is None else weights
                     return ((points - goal_t).norm(dim=-1).sum(-1) * weights).sum(-1)
             else:
                 ctx, past_t = to_model(frames[-context:]), torch.as_tensor(np.stack(past[-(context - 1):]))
