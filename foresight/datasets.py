@@ -208,17 +208,42 @@ def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def resize_frames(frames: np.ndarray, size) -> np.ndarray:
+    """uint8 frames (..., H, W, C) area-averaged to size (h, w): how a model that works on smaller
+    images than the camera's (a planning model, say) sees every frame, in training and in planning."""
+    import cv2
+
+    h, w = size
+    if frames.shape[-3:-1] == (h, w):
+        return frames
+    lead, (H, W, C) = frames.shape[:-3], frames.shape[-3:]
+    flat = frames.reshape(-1, H, W, C)
+    out = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA).reshape(h, w, C) for f in flat])
+    return out.reshape(*lead, h, w, C)
+
+
+def scale_points(points: np.ndarray, src, dst) -> np.ndarray:
+    """(row, col) pixels (..., 2) of an src = (H, W) image to the dst = (h, w) image of the same view
+    ((0, 0) is the centre of the top-left pixel, so centres map as (p + 0.5) * scale - 0.5)."""
+    points = np.asarray(points)
+    scale = np.array([dst[0] / src[0], dst[1] / src[1]])
+    out = (points + 0.5) * scale - 0.5
+    return out.astype(points.dtype) if points.dtype.kind == "f" else out
+
+
 class WindowDataset:
     """Fixed-length windows of ``length`` frames (context + horizon) from a dataset folder.
 
     An item is a dict of numpy arrays: ``frames (L, C, H, W) float32 in [0, 1]``, ``actions (L-1, A)``,
     ``states (L, S)``, ``points (L, K, 2)``, plus ``episode`` and ``start``. Windows start every
-    ``stride`` steps. ``split`` picks the seeded train or validation episodes.
+    ``stride`` steps. ``split`` picks the seeded train or validation episodes. ``image_size`` (h, w)
+    area-resizes the frames and scales the points to match.
     """
 
     def __init__(self, root: str | Path, length: int, split: str = "train", val_fraction: float = 0.1,
-                 seed: int = 0, stride: int = 1):
+                 seed: int = 0, stride: int = 1, image_size=None):
         self.store = EpisodeStore(root)
+        self.image_size = tuple(image_size) if image_size is not None else tuple(self.store.shapes["frames"][1:3])
         frames_per_episode = self.store.shapes["frames"][0]
         if not 2 <= length <= frames_per_episode:
             raise ForesightError(f"length: windows of {length} frames do not fit episodes of {frames_per_episode} frames "
@@ -240,11 +265,15 @@ class WindowDataset:
         e, s = self.items[n]
         L, read = self.length, self.store.read
         frames = read(e, "frames", s, s + L)  # (L, H, W, C) uint8
+        points = read(e, "points", s, s + L)
+        if frames.shape[1:3] != self.image_size:
+            points = scale_points(points, frames.shape[1:3], self.image_size)
+            frames = resize_frames(frames, self.image_size)
         return {
             "frames": np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0,
             "actions": read(e, "actions", s, s + L - 1),
             "states": read(e, "states", s, s + L),
-            "points": read(e, "points", s, s + L),
+            "points": points,
             "episode": e,
             "start": s,
         }

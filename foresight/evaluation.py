@@ -104,7 +104,7 @@ def evaluate_video(model, data_dir: str | Path, context: int, horizon: int, val_
     from foresight.datasets import WindowDataset
 
     window = context + horizon
-    val = WindowDataset(data_dir, window, "val", val_fraction, seed, stride=window)
+    val = WindowDataset(data_dir, window, "val", val_fraction, seed, stride=window, image_size=model.config.image_size)
     if len(val) == 0:
         raise ForesightError(f"{data_dir}: the validation split is empty (val_fraction={val_fraction})")
     if max_windows:

@@ -200,3 +200,25 @@ def test_data_commands(reference):
     assert abs(sum(durations) - 6 * 100) <= 60 and gif.size[0] > 3 * 40
     sheet = Image.open(reference / "preview" / "contact_sheet.png")
     assert sheet.size[1] > 3 * 40
+
+
+def test_resized_frames_keep_the_points_on_their_objects():
+    """Area-averaged 64 -> 32 frames with scale_points: each block's scaled point lands on its colour."""
+    import gymnasium as gym
+
+    env = gym.make("foresight/PointPush-v0", objects=3)
+    rng = np.random.default_rng(0)
+    obs, info = env.reset(seed=3)
+    checked = 0
+    for _ in range(6):
+        small = datasets.resize_frames(obs[None], (32, 32))[0]
+        assert small.shape == (32, 32, 3) and small.dtype == np.uint8
+        points = datasets.scale_points(info["points"], (64, 64), (32, 32))
+        assert np.allclose(datasets.scale_points(points, (32, 32), (64, 64)), info["points"], atol=1e-4)
+        for k, (r, c) in enumerate(np.round(points).astype(int)):
+            if 0 <= r < 32 and 0 <= c < 32:
+                assert small[r, c].argmax() == k and small[r, c, k] > 150, (k, small[r, c])
+                checked += 1
+        obs, _, _, _, info = env.step(rng.uniform(-1, 1, 2))
+    env.close()
+    assert checked >= 15

@@ -297,3 +297,17 @@ def test_rollout_points_matches_stepping_and_restores_the_state(env_id):
     stepped = [env.step(a)[4]["points"] for a in actions[1]]
     assert np.allclose(predicted[1], np.stack(stepped), atol=1e-4)
     env.close()
+
+
+def test_point_push_action_repeat_is_repeated_control_steps(make):
+    """One step with action_repeat = 3 is exactly three steps of the same action."""
+    coarse, fine = make("foresight/PointPush-v0", action_repeat=3), make("foresight/PointPush-v0")
+    coarse.reset(seed=4), fine.reset(seed=4)
+    assert coarse.unwrapped.dt == pytest.approx(3 * fine.unwrapped.dt)
+    for action in np.random.default_rng(4).uniform(-1, 1, (5, 2)).astype(np.float32):
+        obs_c, _, _, _, info_c = coarse.step(action)
+        for _ in range(3):
+            obs_f, _, _, _, info_f = fine.step(action)
+        assert np.array_equal(info_c["state"], info_f["state"]) and np.array_equal(obs_c, obs_f)
+    with pytest.raises(ForesightError, match="action_repeat: expected an int >= 1"):
+        make("foresight/PointPush-v0", action_repeat=0)

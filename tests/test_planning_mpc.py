@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import foresight  # noqa: F401
-from foresight import recipes
+from foresight import evaluation, recipes
 from foresight.errors import ForesightError
 from foresight.models.e2c import E2C, planar
 from foresight.models.video import VideoPredictionConfig, VideoPredictionModel
@@ -87,3 +87,40 @@ def test_bad_input_is_named(env, tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip() == "foresight: error: --goal: pixel (44, 99) lies outside the 64x64 image (rows 0..63, columns 0..63)"
+
+
+def test_a_smaller_planning_image_scales_pixels_and_keeps_mass(env, tmp_path):
+    """A 32x32 model plans on the 64x64 camera: frames area-averaged, pixels scaled, mass kept."""
+    torch.manual_seed(0)
+    cfg = VideoPredictionConfig.small("cdna", skip=True, image_size=(32, 32), channels=3, action_dim=2,
+                                      widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=5)
+    predictor = mpc.VideoPredictor(VideoPredictionModel(cfg))
+    obs, _ = env.reset(seed=0)
+    ctx = predictor.frames([obs, obs])
+    assert ctx.shape == (2, 3, 32, 32) and torch.allclose(ctx[0].mean(), torch.as_tensor(obs / 255.0).mean().float(), atol=1e-3)
+    s = suite(tasks=1, steps=6, cem={"samples": 8, "elites": 2, "iterations": 1, "horizon": 2, "repeat": 3})
+    o = mpc.run_task(env, mpc.make_tasks(s, env)[0], s, "model", predictor)
+    assert len(o.video) == 6 and 3 * 64 * 4 <= o.video[0].shape[1] < 3 * 64 * 4 + 20  # 3 panels at the camera's size
+    _, dists = predictor(ctx, torch.zeros(1, 2), torch.rand(3, 4, 2) * 2 - 1,
+                         evaluation.delta_distribution(torch.tensor([[[10.2, 20.7]]]), 32, 32)[0])
+    assert torch.allclose(dists.sum((-1, -2)), torch.ones(3, 4, 1), atol=1e-4)
+
+
+def test_the_model_time_scale_must_match_the_suite(env):
+    cfg = VideoPredictionConfig.small("sna", image_size=(64, 64), channels=3, action_dim=2,
+                                      widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=3)
+    trained = {"id": "foresight/PointPush-v0", "kwargs": {"image_size": 64, "action_repeat": 3}}
+    predictor = mpc.VideoPredictor(VideoPredictionModel(cfg), trained_env=trained)
+    predictor.check_env("foresight/PointPush-v0", {"action_repeat": 3}, env, "s.toml")
+    with pytest.raises(ForesightError, match=r"s.toml: key 'env_kwargs.action_repeat': the model was trained "
+                                             r"with action_repeat = 3, the suite runs 1"):
+        predictor.check_env("foresight/PointPush-v0", {}, env, "s.toml")
+
+
+def test_task_processes_give_the_same_outcomes(tmp_path):
+    s = suite(tasks=2, steps=6)
+    one = mpc.run_suite(s, tmp_path / "one", None, ["oracle"], progress=False, videos=0)
+    two = mpc.run_suite(s, tmp_path / "two", None, ["oracle"], progress=False, videos=1, workers=2)
+    outcome = lambda summary: [(t["final_distance"], t["success"]) for t in summary["oracle"]["per_task"]]  # noqa: E731
+    assert outcome(one) == outcome(two)
+    assert (tmp_path / "two" / "oracle" / "task-000.gif").exists()

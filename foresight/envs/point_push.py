@@ -99,16 +99,20 @@ class PointPushEnv(SimState, gym.Env):
     """image_size: int (square) or (H, W); objects: 1-3 blocks, named and coloured red, green,
     blue (`point_names`, `object_colors` (K, 3) uint8 as drawn on their top faces). `reset`
     places pusher and blocks at random, non-overlapping, from `self.np_random`; with
-    `options={"pusher_near": d}` the pusher starts d metres from the first block."""
+    `options={"pusher_near": d}` the pusher starts d metres from the first block. action_repeat: control
+    steps (of 1/20 s) per env step, each with the same action: a coarser time scale for planning models
+    (visual foresight repeats each planned action 3 times)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": round(1 / (TIMESTEP * FRAME_SKIP))}
 
-    def __init__(self, render_mode: str | None = "rgb_array", image_size=64, objects: int = 1):
+    def __init__(self, render_mode: str | None = "rgb_array", image_size=64, objects: int = 1, action_repeat: int = 1):
         if render_mode not in (None, "rgb_array"):
             raise ForesightError(f"render_mode: expected 'rgb_array', got {render_mode!r}")
         if isinstance(objects, bool) or not isinstance(objects, (int, np.integer)) or not 1 <= objects <= 3:
             raise ForesightError(f"objects: expected an int from 1 to 3, got {objects!r}")
-        self.render_mode = render_mode
+        if isinstance(action_repeat, bool) or not isinstance(action_repeat, (int, np.integer)) or action_repeat < 1:
+            raise ForesightError(f"action_repeat: expected an int >= 1, got {action_repeat!r}")
+        self.render_mode, self.action_repeat = render_mode, int(action_repeat)
         self.height, self.width = image_shape(image_size)
         self.point_names = list(COLORS)[:objects]
         self.object_colors = np.array([COLORS[n] for n in self.point_names]) * 255
@@ -124,7 +128,7 @@ class PointPushEnv(SimState, gym.Env):
 
     @property
     def dt(self) -> float:
-        return TIMESTEP * FRAME_SKIP
+        return TIMESTEP * FRAME_SKIP * self.action_repeat
 
     def _observe(self):
         info = {
@@ -161,7 +165,7 @@ class PointPushEnv(SimState, gym.Env):
     def _simulate(self, action) -> None:
         """One control step of physics, no rendering (step, and the oracle's rollouts)."""
         self.data.ctrl[:] = np.clip(np.asarray(action, dtype=np.float64), -1, 1) * MAX_SPEED
-        mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP)
+        mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP * self.action_repeat)
         # mj_step leaves the kinematics one substep behind qpos; bring them level so the image,
         # the points and a state restored with set_sim_state all agree
         mujoco.mj_forward(self.model, self.data)

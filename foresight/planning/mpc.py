@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from foresight import evaluation, viz
+from foresight import datasets, evaluation, viz
 from foresight.errors import ForesightError
 from foresight.planning.cem import CEM, CEMConfig, repeat_actions
 from foresight.planning.costs import DesignatedPixelCost, step_weights
@@ -134,14 +134,40 @@ def check_pixels(name: str, pixels: np.ndarray, H: int, W: int) -> np.ndarray:
 
 class VideoPredictor:
     """The video model as the planner uses it: from the latest real frames, predict the frames and
-    designated-pixel distributions that action sequences lead to, batched, in inference mode."""
+    designated-pixel distributions that action sequences lead to, batched, in inference mode.
 
-    def __init__(self, model, context: int = 2, amp: str = "off"):
+    The model may work on smaller images than the camera's (``image_size``): camera frames are then
+    area-averaged to it and pixels scaled (``datasets.resize_frames`` / ``scale_points``, as in training).
+    ``trained_env`` is the training data's environment ({"id", "kwargs"}, from the run), when known: a suite
+    must run the environment at the same time scale (``action_repeat``).
+    """
+
+    def __init__(self, model, context: int = 2, amp: str = "off", trained_env: dict | None = None):
         if not hasattr(model, "config") or not hasattr(model.config, "transform"):
             raise ForesightError("--model: this model predicts no pixel distributions (a video prediction "
                                  "model, CDNA / DNA / SNA, is needed for designated pixels)")
         self.model, self.context, self.bf16 = model.eval(), context, amp == "bf16"
+        self.image_size = tuple(model.config.image_size)
+        self.trained_env = trained_env
         self.seconds = 0.0
+
+    def check_env(self, env_id: str, env_kwargs: dict, env: gym.Env, source: str) -> None:
+        """The model must read this environment's images and actions, at the time scale it was trained on."""
+        cfg = self.model.config
+        shape = env.observation_space.shape
+        if shape[-1] != cfg.channels or cfg.action_dim != env.action_space.shape[0]:
+            raise ForesightError(f"--model: predicts {cfg.channels}-channel images with {cfg.action_dim}-d actions, "
+                                 f"{env_id} gives {shape} images with {env.action_space.shape[0]}-d actions")
+        if self.trained_env:
+            trained = self.trained_env.get("kwargs", {}).get("action_repeat", 1)
+            if self.trained_env.get("id") == env_id and trained != env_kwargs.get("action_repeat", 1):
+                raise ForesightError(f"{source}: key 'env_kwargs.action_repeat': the model was trained with "
+                                     f"action_repeat = {trained}, the suite runs {env_kwargs.get('action_repeat', 1)}")
+
+    def frames(self, frames: list[np.ndarray]) -> torch.Tensor:
+        """Camera frames [(H, W, C) uint8] -> the model's input (T, C, h, w) float in [0, 1]."""
+        x = datasets.resize_frames(np.stack(frames), self.image_size)
+        return torch.as_tensor(x, dtype=torch.float32).permute(0, 3, 1, 2) / 255
 
     def __call__(self, frames: torch.Tensor, past: torch.Tensor, actions: torch.Tensor, dists: torch.Tensor):
         """frames (Tc, C, H, W) float, past (Tc-1, A), actions (N, T, A), dists (K, H, W) ->
@@ -174,10 +200,12 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
     context = predictor.context if predictor else 2
     frames = [obs] * context  # before the first step the scene is at rest: repeat the first frame
     past = [np.zeros(env.action_space.shape, np.float32)] * (context - 1)
-    dist = evaluation.delta_distribution(torch.as_tensor(task.designated[None], dtype=torch.float32), H, W)[0]
-    cost = DesignatedPixelCost(task.goals, (H, W), last_weight=suite.mpc.last_weight)
+    # the model's pixels: the camera's, scaled to the model's image size
+    h, w = predictor.image_size if predictor else (H, W)
+    to_model_pixels = lambda p: torch.as_tensor(datasets.scale_points(p, (H, W), (h, w)), dtype=torch.float32)  # noqa: E731
+    dist = evaluation.delta_distribution(to_model_pixels(task.designated)[None], h, w)[0]  # (K, h, w)
+    cost = DesignatedPixelCost(to_model_pixels(task.goals), (h, w), last_weight=suite.mpc.last_weight)
     goal_t = torch.as_tensor(task.goals, dtype=torch.float32)
-    to_model = lambda f: torch.as_tensor(np.stack(f), dtype=torch.float32).permute(0, 3, 1, 2) / 255  # noqa: E731
     video, plan_seconds, model_before, replans = [], 0.0, predictor.seconds if predictor else 0.0, 0
     predicted_frames = None
     t = 0
@@ -195,7 +223,7 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
                     points = torch.as_tensor(u.rollout_points(cem.expand(actions).numpy()))[:, :, :K]  # (N, T, K, 2)
                     return ((points - goal_t).norm(dim=-1).sum(-1) * weights).sum(-1)
             else:
-                ctx, past_t = to_model(frames[-context:]), torch.as_tensor(np.stack(past[-(context - 1):]))
+                ctx, past_t = predictor.frames(frames[-context:]), torch.as_tensor(np.stack(past[-(context - 1):]))
 
                 def score(actions):
                     return cost(predictor(ctx, past_t, cem.expand(actions), dist)[1])
@@ -217,7 +245,7 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
         t += n
         if planner == "model":
             if suite.mpc.redesignate:
-                dist = evaluation.delta_distribution(torch.as_tensor(info["points"][None, :K]), H, W)[0]
+                dist = evaluation.delta_distribution(to_model_pixels(info["points"][:K])[None], h, w)[0]
             else:
                 dist = predicted_dists[0, len(executed) - 1]
     final = info["points"][:K].astype(np.float64)
@@ -233,11 +261,16 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
 
 def _panel(frame, points, goals, dist, predicted) -> np.ndarray:
     """camera frame (goal: cross, true object: circle) | designated-pixel heat map | predicted frame."""
+    import cv2
+
     scale = 4
+    H, W = frame.shape[:2]
     panels = [viz.mark(viz.draw_points(frame, goals, scale, marker="cross"), points, scale)]
-    if dist is not None:
-        panels.append(viz.mark(viz.heatmap(frame, dist.sum(0).numpy(), scale), goals, scale, marker="cross"))
+    if dist is not None:  # the model's (h, w) maps, shown at the camera's size
+        heat = cv2.resize(dist.sum(0).numpy(), (W, H), interpolation=cv2.INTER_NEAREST)
+        panels.append(viz.mark(viz.heatmap(frame, heat, scale), goals, scale, marker="cross"))
         pred = (predicted.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        pred = cv2.resize(pred, (W, H), interpolation=cv2.INTER_NEAREST).reshape(H, W, -1)
         panels.append(viz.draw_points(pred, goals, scale, marker="cross"))
     return viz.grid([panels])
 
@@ -265,9 +298,10 @@ def aggregate(outcomes: list[Outcome]) -> dict:
 
 
 def run_suite(suite: SuiteRecipe, out, predictor: VideoPredictor | None, planners: list[str], source: str = "suite",
-              videos: int = 10, progress: bool = True, resolved: dict | None = None) -> dict:
+              videos: int = 10, progress: bool = True, resolved: dict | None = None, workers: int = 1) -> dict:
     """Every task of ``suite`` with each planner; videos of the first ``videos`` tasks per planner and
-    ``summary.json`` under ``out``."""
+    ``summary.json`` under ``out``. ``workers`` > 1 runs tasks in that many processes of one thread each
+    (tasks are independent; each process has its own environment and model copy)."""
     from pathlib import Path
 
     from tqdm import tqdm
@@ -279,22 +313,69 @@ def run_suite(suite: SuiteRecipe, out, predictor: VideoPredictor | None, planner
     try:
         tasks = make_tasks(suite, env, source)
         if predictor is not None:
-            shape = env.observation_space.shape
-            cfg = predictor.model.config
-            if (*cfg.image_size, cfg.channels) != tuple(shape) or cfg.action_dim != env.action_space.shape[0]:
-                raise ForesightError(f"--model: predicts {cfg.image_size[0]}x{cfg.image_size[1]}x{cfg.channels} "
-                                     f"images with {cfg.action_dim}-d actions, {suite.env} gives {shape} with "
-                                     f"{env.action_space.shape[0]}-d actions")
-        summary = {"suite": suite.name, "env": suite.env, "tasks": len(tasks), "recipe": resolved}
+            predictor.check_env(suite.env, suite.env_kwargs, env, source)
+    finally:
+        env.close()
+    summary = {"suite": suite.name, "env": suite.env, "tasks": len(tasks), "recipe": resolved}
+    with _TaskRunner(suite, predictor, source, workers) as runner:
         for planner in planners:
+            jobs = [(task, planner, task.index < videos) for task in tasks]
             outcomes = []
-            for task in tqdm(tasks, desc=f"plan {suite.name} [{planner}]", disable=not progress, dynamic_ncols=True):
-                o = run_task(env, task, suite, planner, predictor, record=task.index < videos)
+            for o in tqdm(runner.map(jobs), total=len(jobs), desc=f"plan {suite.name} [{planner}]",
+                          disable=not progress, dynamic_ncols=True):
                 if o.video:
-                    viz.write_gif(out / planner / f"task-{task.index:03d}.gif", o.video, fps=10)
+                    viz.write_gif(out / planner / f"task-{o.task.index:03d}.gif", o.video, fps=10)
+                    o.video = []
                 outcomes.append(o)
             summary[planner] = {**aggregate(outcomes), "per_task": [o.summary() for o in outcomes]}
             evaluation.write_json(out / "summary.json", summary)  # after each planner: nothing lost on a kill
-    finally:
-        env.close()
     return summary
+
+
+_WORKER = None  # (env, suite, predictor) in a task process
+
+
+def _init_worker(suite, predictor, source):
+    global _WORKER
+    from foresight.collect import make_env
+
+    torch.set_num_threads(1)
+    _WORKER = (make_env(suite.env, suite.env_kwargs, source), suite, predictor)
+
+
+def _run_job(job):
+    env, suite, predictor = _WORKER
+    task, planner, record = job
+    return run_task(env, task, suite, planner, predictor, record)
+
+
+class _TaskRunner:
+    """Runs (task, planner, record) jobs in order: here, or in a pool of spawned processes."""
+
+    def __init__(self, suite, predictor, source, workers: int):
+        self.args, self.workers, self.pool = (suite, predictor, source), workers, None
+
+    def __enter__(self):
+        global _WORKER
+        if self.workers > 1:
+            import multiprocessing as mp
+
+            self.pool = mp.get_context("spawn").Pool(self.workers, _init_worker, self.args)
+        else:
+            from foresight.collect import make_env
+
+            suite, predictor, source = self.args
+            _WORKER = (make_env(suite.env, suite.env_kwargs, source), suite, predictor)
+        return self
+
+    def map(self, jobs):
+        return self.pool.imap(_run_job, jobs) if self.pool else map(_run_job, jobs)
+
+    def __exit__(self, *exc):
+        global _WORKER
+        if self.pool:
+            self.pool.terminate() if exc[0] else self.pool.close()
+            self.pool.join()
+        elif _WORKER is not None:
+            _WORKER[0].close()
+            _WORKER = None
