@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench pretrained clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/collect.py
+
+# the planning model shipped in pretrained/ for `make demo`: collect, train, copy (about 30 minutes on 2 cores)
+pretrained: $(STAMP)
+	$(BIN)/foresight collect data/point_push_plan.toml --workers 2
+	$(BIN)/foresight train train/plan_point_push.toml
+	$(BIN)/foresight eval train/runs/plan_point_push
+	$(BIN)/foresight export train/runs/plan_point_push pretrained/plan_point_push
 
 clean:
 	rm -rf out .pytest_cache

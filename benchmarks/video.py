@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import date
@@ -29,13 +28,9 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from runs import EXE, REPO, sh, trained_run  # noqa: E402
 PORT_INFER_FPS, PORT_TRAIN_FPS = 46.0, 20.0  # public CDNA port, paper widths, 2 cores (issue figures)
-
-
-def sh(*args: str) -> None:
-    print("$", " ".join(args), flush=True)
-    subprocess.run(args, check=True, cwd=REPO)
 
 
 def timed(fn, repeats: int) -> float:
@@ -96,27 +91,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import foresight  # noqa: F401
-    from foresight import evaluation, recipes, training
+    from foresight import training
     from foresight.models.video import VideoPredictionConfig, VideoPredictionModel, flops_per_frame
 
-    recipe_path = REPO / args.recipe
-    recipe = recipes.load(training.TrainRecipe, recipe_path)
-    data_dir, run = training.resolve_paths(recipe, recipe_path)
-    exe = str(Path(sys.executable).parent / "foresight")
-    if not (data_dir / "manifest.json").exists() or not json.loads((data_dir / "manifest.json").read_text())["complete"]:
-        sh(exe, "collect", str(REPO / "data" / "point_push.toml"), "--workers", str(os.cpu_count() or 1), "--no-progress")
-    train_minutes = None
-    if not (args.reuse and training.checkpoint_dir(run)):
-        if run.exists():
-            import shutil
-            shutil.rmtree(run)
-        start = time.perf_counter()
-        sh(exe, "train", str(recipe_path))
-        train_minutes = (time.perf_counter() - start) / 60
-    else:
-        rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-        train_minutes = max(r.get("seconds", 0) for r in rows) / 60
-    sh(exe, "eval", str(run))
+    run, train_minutes = trained_run(args.recipe, "data/point_push.toml", args.reuse, os.cpu_count() or 1)
+    sh(EXE, "eval", str(run))
     quality = json.loads((run / "eval.json").read_text())
 
     torch.manual_seed(0)

@@ -66,8 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--seed", type=int, default=0, help="single task: reset seed")
     pl.add_argument("--designated", help="single task: designated pixels 'row,col[;row,col]'")
     pl.add_argument("--goal", help="single task: goal pixels 'row,col[;row,col]'")
+    pl.add_argument("--workers", type=int, default=1, help="suite: run tasks in this many processes (1 thread each)")
     pl.add_argument("--no-progress", action="store_true")
     pl.set_defaults(func=cmd_plan)
+
+    x = sub.add_parser("export", help="copy a run's model (no optimizer state) to a folder, e.g. pretrained/")
+    x.add_argument("run")
+    x.add_argument("dest")
+    x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("data", help="inspect a dataset: info, verify, show")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -87,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="run the main job end to end on a built-in default and say where the results are")
     m.add_argument("--out", default=str(REPO / "out" / "demo"), help="where the demo writes (default: out/demo)")
     m.add_argument("--workers", type=int, default=2)
+    m.add_argument("--tasks", type=int, default=4, help="planning tasks to run")
     m.set_defaults(func=cmd_demo)
     return p
 
@@ -141,8 +148,12 @@ def cmd_plan(args) -> int:
 
     predictor = None
     if args.model:
-        model, learner, _, _ = training.load_run(args.model)
-        predictor = mpc.VideoPredictor(model, learner.settings.context)
+        model, learner, resolved, _ = training.load_run(args.model)
+        if learner.kind == "e2c":  # a latent model (E2C / VAE) plans toward goal images in its latent space
+            from foresight.planning import latent
+            return latent.cmd_plan(args, model)
+        predictor = mpc.VideoPredictor(model, learner.settings.context,
+                                       trained_env=resolved.get("dataset", {}).get("env"))
     if args.suite:
         suite = recipes.load(mpc.SuiteRecipe, args.suite, args.set)
         source = args.suite
@@ -167,6 +178,8 @@ def cmd_plan(args) -> int:
         raise ForesightError("--planners: nothing to run (give --model RUN or --planners oracle,random)")
     if args.env:  # one task from the command line
         env = make_env(suite.env, suite.env_kwargs, "--env")
+        if predictor is not None:
+            predictor.check_env(suite.env, suite.env_kwargs, env, "--env")
         obs, _ = env.reset(seed=args.seed)
         H, W = obs.shape[:2]
         parse = lambda text, name: mpc.check_pixels(name, [[float(v) for v in p.split(",")] for p in text.split(";")], H, W)  # noqa: E731
@@ -184,13 +197,22 @@ def cmd_plan(args) -> int:
                   f"({'success' if o.success else 'not reached'}); video {path}")
         env.close()
         return 0
-    summary = mpc.run_suite(suite, out, predictor, planners, source, args.videos, not args.no_progress,
+    if args.workers < 1:
+        raise ForesightError(f"--workers: expected an integer >= 1, got {args.workers}")
+    summary = mpc.run_suite(suite, out, predictor, planners, source, args.videos, not args.no_progress, workers=args.workers,
                             resolved={**recipes.to_dict(suite), "model": str(args.model) if args.model else None})
     for p in planners:
         s = summary[p]
         print(f"[{p:>6}] success {100 * s['success']:.0f}% of {s['tasks']}, final/start "
               f"{s['final_over_start']:.2f}, {s['seconds_per_replan']:.2f} s per replan")
     print(f"results in {out} (summary.json, videos per planner)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from foresight import training
+
+    print(f"exported {args.run} to {training.export_run(args.run, args.dest)}")
     return 0
 
 
@@ -255,22 +277,38 @@ def show_dataset(root: str | Path, episodes: int = 4, out: str | Path | None = N
 
 
 def cmd_demo(args) -> int:
-    from foresight import collect, datasets, recipes
+    from foresight import collect, datasets, recipes, training
+    from foresight.planning import mpc
 
     out = Path(args.out)
     recipe_path = REPO / "data" / "point_push.toml"
     recipe = recipes.load(collect.CollectRecipe, recipe_path, ["episodes=40"])
     data = out / recipe.name
-    print(f"[1/2] collecting {recipe.episodes} PointPush episodes into {data}")
+    print(f"[1/3] collecting {recipe.episodes} PointPush episodes into {data}")
     collect.collect(recipe, data, workers=args.workers, source=str(recipe_path))
     info = datasets.summary(data)
     print(f"      {info['episodes']} episodes, objects moved in {100 * info['moved_fraction']:.0f}% of them")
-    print("[2/2] drawing the dataset")
+    print("[2/3] drawing the dataset")
     pics = show_dataset(data, 6, out / "preview")
+    run = REPO / "pretrained" / "plan_point_push"  # made by `make pretrained` (train/plan_point_push.toml)
+    print(f"[3/3] visual MPC: pushing the block to a goal pixel in {args.tasks} tasks of plan/point_push.toml "
+          f"with the shipped planning model ({run.relative_to(REPO)}) and with random actions")
+    model, learner, resolved, _ = training.load_run(run)
+    predictor = mpc.VideoPredictor(model, learner.settings.context, trained_env=resolved["dataset"]["env"])
+    suite_path = REPO / "plan" / "point_push.toml"
+    suite = recipes.load(mpc.SuiteRecipe, suite_path, [f"tasks={args.tasks}"])
+    summary = mpc.run_suite(suite, out / "plan", predictor, ["model", "random"], str(suite_path), videos=args.tasks,
+                            workers=min(args.workers, args.tasks))
+    for p in ("model", "random"):
+        s = summary[p]
+        print(f"      [{p:>6}] success {100 * s['success']:.0f}% of {s['tasks']}, final / start distance "
+              f"{s['final_over_start']:.2f}")
     print(f"demo finished; results are in {out}:")
     print(f"  dataset        {data}   (foresight data info {data})")
     print(f"  animation      {pics['gif']}")
     print(f"  contact sheet  {pics['sheet']}")
+    print(f"  plans          {out / 'plan' / 'model'}/task-*.gif (camera | designated-pixel heat map | "
+          f"prediction), summary {out / 'plan' / 'summary.json'}")
     return 0
 
 

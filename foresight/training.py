@@ -12,6 +12,8 @@ Run folder (``<recipe folder>/runs/<name>/``)::
     checkpoint/        model.pt, optimizer.pt (state dicts, loaded with weights_only=True), state.json
     metrics.jsonl      one JSON object per logged step / validation
     samples/           step-XXXXXX.gif: ground truth | prediction | designated-pixel heat map
+                       (E2C: step-XXXXXX.png, x_t | reconstruction | x_t+1 | prediction)
+    latent_map.png     E2C on the planar system: latent means of every free position, coloured by position
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from tqdm import tqdm
 
 from foresight import datasets, evaluation, recipes, viz
 from foresight.errors import ForesightError
+from foresight.models.e2c import E2C, MODELS as E2C_MODELS, PRESETS as E2C_PRESETS, E2CConfig
 from foresight.models.video import VideoPredictionConfig, VideoPredictionModel, scheduled_sampling_prob
 from foresight.recipes import spec
 
@@ -45,6 +48,8 @@ class TrainSettings:
     context: int = spec(2, min=1, help="ground-truth frames the model sees before predicting")
     horizon: int = spec(10, min=1, help="frames predicted after the context")
     schedule_k: float = spec(900.0, min=0.0, help="scheduled sampling k (Finn et al.); 0 = always own predictions")
+    track_weight: float = spec(0.0, min=0.0, help="video: weight of the designated-pixel tracking loss on the "
+                                                   "dataset's object pixels (expected distance in pixels); 0 = off")
     val_fraction: float = spec(0.1, min=0.0, max=0.9)
     val_every: int = spec(250, min=1)
     val_batches: int = spec(8, min=1)
@@ -73,11 +78,13 @@ class VideoLearner:
     """Trains a CDNA / DNA / SNA model on (context + horizon)-frame windows."""
 
     kind = "video"
-    RECIPE_ONLY = ("kind", "preset", "variant", "use_states")  # recipe keys that are not config fields
+    RECIPE_ONLY = ("kind", "preset", "variant", "use_states", "image_size")  # recipe keys that are not config fields
     FROM_DATA = ("image_size", "channels", "action_dim", "state_dim")
 
-    def __init__(self, config: VideoPredictionConfig, settings: TrainSettings, use_states: bool):
-        self.config, self.settings, self.use_states = config, settings, use_states
+    def __init__(self, config: VideoPredictionConfig, settings: TrainSettings, use_states: bool, resize: bool = False):
+        # resize: the recipe set model.image_size, so the dataset's frames are area-resized to it (a model
+        # that works on smaller images than the camera's, e.g. for planning); otherwise sizes must match
+        self.config, self.settings, self.use_states, self.resize = config, settings, use_states, resize
         self.window = settings.context + settings.horizon
 
     @classmethod
@@ -98,15 +105,15 @@ class VideoLearner:
             raise ForesightError(f"{source}: key 'train.horizon': context + horizon = "
                                  f"{settings.context + settings.horizon} frames do not fit the dataset's "
                                  f"episodes of {T1} frames")
-        data = dict(image_size=(H, W), channels=C, action_dim=shapes["actions"][-1],
+        data = dict(image_size=model.get("image_size", (H, W)), channels=C, action_dim=shapes["actions"][-1],
                     state_dim=shapes["states"][-1] if use_states else 0)
-        options = {k: v for k, v in model.items() if k in fields}
+        options = {k: v for k, v in model.items() if k in fields and k not in data}
         try:
             config = getattr(VideoPredictionConfig, preset)(variant, **data, **options)
         except ForesightError as e:  # "VideoPredictionConfig.widths: expected ..." -> "key 'model.widths': ..."
             raise ForesightError(f"{source}: " + re.sub(r"^VideoPredictionConfig\.(\w+):", r"key 'model.\1':",
                                                         re.sub(r"^variant:", "key 'model.variant':", str(e)))) from None
-        return cls(config, settings, use_states)
+        return cls(config, settings, use_states, resize="image_size" in model)
 
     def build(self) -> VideoPredictionModel:
         return VideoPredictionModel(self.config)
@@ -115,7 +122,7 @@ class VideoLearner:
         """A dataset whose image or action size differs from the model's is an error, not a crash."""
         T1, H, W, C = shapes["frames"]
         cfg = self.config
-        if (H, W, C) != (*cfg.image_size, cfg.channels):
+        if (H, W, C) != (*cfg.image_size, cfg.channels) and not (self.resize and C == cfg.channels):
             raise ForesightError(f"{where}: images are {H}x{W}x{C}, the model expects "
                                  f"{cfg.image_size[0]}x{cfg.image_size[1]}x{cfg.channels}")
         if shapes["actions"][-1] != cfg.action_dim:
@@ -139,7 +146,9 @@ class VideoLearner:
         s = self.settings
         prob = scheduled_sampling_prob(step, s.schedule_k) if s.schedule_k > 0 else 0.0
         g = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
-        return model(frames, actions, states, num_context=s.context, sample_prob=prob, generator=g)
+        points = batch["points"].to(device, non_blocking=True) if s.track_weight > 0 else None
+        return model(frames, actions, states, num_context=s.context, sample_prob=prob, generator=g,
+                     points=points, track_weight=s.track_weight)
 
     @torch.inference_mode()
     def validate(self, model, batches, device) -> dict[str, float]:
@@ -178,7 +187,235 @@ class VideoLearner:
         return gif
 
 
-LEARNERS = {"video": VideoLearner}
+class FrameWindows:
+    """``WindowDataset``'s items from episodes held in memory (uint8), for the small E2C datasets.
+
+    Reading a window from HDF5 costs about 1.5 ms; an E2C step on a planar batch of 128 takes ~35 ms, so
+    per-item reads would more than double training time. The store is read once, episode by episode.
+    """
+
+    def __init__(self, root: str | Path, length: int, split: str = "train", val_fraction: float = 0.1,
+                 seed: int = 0, stride: int = 1):
+        store = datasets.EpisodeStore(root)
+        frames_per_episode = store.shapes["frames"][0]
+        if not 2 <= length <= frames_per_episode:
+            raise ForesightError(f"length: windows of {length} frames do not fit episodes of {frames_per_episode} "
+                                 f"frames in {root}")
+        train, val = datasets.split_episodes(len(store), val_fraction, seed)
+        episodes = {"train": train, "val": val, "all": np.arange(len(store))}[split]
+        try:
+            self.data = {key: np.stack([store.read(int(e), key) for e in episodes]) if len(episodes) else None
+                         for key in datasets.KEYS}  # (E, T+1, H, W, C) uint8 frames, (E, T, A) actions, ...
+        finally:
+            store.close()
+        self.episodes = episodes
+        starts = np.arange(0, frames_per_episode - length + 1, stride)
+        self.items = [(i, int(s)) for i in range(len(episodes)) for s in starts]
+        self.length = length
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, n: int) -> dict[str, np.ndarray]:
+        i, s = self.items[n]
+        L, d = self.length, self.data
+        return {
+            "frames": np.ascontiguousarray(d["frames"][i, s:s + L].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0,
+            "actions": d["actions"][i, s:s + L - 1],
+            "states": d["states"][i, s:s + L],
+            "points": d["points"][i, s:s + L],
+            "episode": int(self.episodes[i]),
+            "start": s,
+        }
+
+
+class E2CLearner:
+    """Trains Embed to Control (or its VAE baseline) on (x_t, u_t, x_{t+1}) triples cut from episodes.
+
+    An observation is ``stack`` consecutive frames stacked along the channels (the pendulum's two frames,
+    which show its velocity): a window of ``stack + 1`` frames gives x_t = frames[0:stack],
+    u_t = actions[stack - 1] and x_{t+1} = frames[1:stack + 1].
+    """
+
+    kind = "e2c"
+    RECIPE_ONLY = ("kind", "preset", "variant", "stack")
+    STACK = {"planar": 1, "pendulum": 2, "point_push": 1}  # frames per observation of each preset
+
+    def __init__(self, config: E2CConfig, settings: TrainSettings, stack: int):
+        if config.image_shape[0] % stack:
+            raise ForesightError(f"model.stack: {stack} frames do not divide the model's {config.image_shape[0]} "
+                                 f"image channels")
+        self.config, self.settings, self.stack = config, settings, stack
+        self.window = stack + 1
+
+    @classmethod
+    def from_recipe(cls, model: dict, settings: TrainSettings, shapes: dict, source: str) -> "E2CLearner":
+        fields = {f.name for f in dataclasses.fields(E2CConfig)} - {"model"}  # the config's "model" is our variant
+        allowed = fields | set(cls.RECIPE_ONLY)
+        unknown = sorted(set(model) - allowed)
+        if unknown:
+            raise ForesightError(f"{source}: unknown key 'model.{unknown[0]}' (expected one of: {', '.join(sorted(allowed))})")
+        preset, variant = model.get("preset"), model.get("variant", "e2c")
+        if preset not in E2C_PRESETS:
+            raise ForesightError(f"{source}: key 'model.preset': expected one of {', '.join(map(repr, E2C_PRESETS))}, "
+                                 f"got {preset!r}")
+        if variant not in E2C_MODELS:
+            raise ForesightError(f"{source}: key 'model.variant': expected one of {', '.join(map(repr, E2C_MODELS))}, "
+                                 f"got {variant!r}")
+        stack = model.get("stack", cls.STACK[preset])
+        if isinstance(stack, bool) or not isinstance(stack, int) or stack < 1:
+            raise ForesightError(f"{source}: key 'model.stack': expected an integer >= 1, got {stack!r}")
+        if shapes["frames"][0] < stack + 1:
+            raise ForesightError(f"{source}: key 'model.stack': {stack} stacked frames and the next need "
+                                 f"{stack + 1} frames, the dataset's episodes have {shapes['frames'][0]}")
+        options = {k: v for k, v in model.items() if k in fields}
+        if "image_shape" not in options:  # the preset's frame size, with its channels per frame times `stack`
+            c, h, w = E2C_PRESETS[preset]().image_shape
+            options["image_shape"] = (c // cls.STACK[preset] * stack, h, w)
+        try:
+            config = E2C_PRESETS[preset](model=variant, **options)
+            return cls(config, settings, stack)
+        except ForesightError as e:  # "E2CConfig.latent_dim must ..." -> "key 'model.latent_dim' must ..."
+            raise ForesightError(f"{source}: " + re.sub(r"^E2CConfig\.(\w+)", r"key 'model.\1'", str(e))) from None
+
+    @classmethod
+    def from_resolved(cls, resolved: dict, settings: TrainSettings) -> "E2CLearner":
+        model = resolved["model"]
+        return cls(E2CConfig(**resolved["model_config"]), settings, model.get("stack", cls.STACK[model["preset"]]))
+
+    def build(self) -> E2C:
+        return E2C(self.config)
+
+    def dataset(self, root, split: str, stride: int = 1) -> FrameWindows:
+        s = self.settings
+        return FrameWindows(root, self.window, split, s.val_fraction, s.seed, stride)
+
+    def check_data(self, shapes: dict, where: str) -> None:
+        """A dataset whose images or actions differ from the model's is an error, not a crash."""
+        T1, H, W, C = shapes["frames"]
+        c, h, w = self.config.image_shape
+        per_frame = c // self.stack
+        if (H, W, C) != (h, w, per_frame):
+            raise ForesightError(f"{where}: images are {H}x{W}x{C}, the model expects {h}x{w}x{per_frame}"
+                                 f"{f' ({self.stack} stacked frames)' if self.stack > 1 else ''}")
+        if shapes["actions"][-1] != self.config.action_dim:
+            raise ForesightError(f"{where}: actions have {shapes['actions'][-1]} dimensions, the model expects "
+                                 f"{self.config.action_dim}")
+        if T1 < self.window:
+            raise ForesightError(f"{where}: episodes of {T1} frames are shorter than the {self.window} frames of "
+                                 f"a transition with {self.stack} stacked frame(s)")
+
+    def triples(self, batch, device):
+        """x_t (B, stack*C, H, W), u_t (B, A), x_{t+1} (B, stack*C, H, W) from a batch of windows."""
+        frames = batch["frames"].to(device, non_blocking=True)  # (B, stack + 1, C, H, W)
+        k = self.stack
+        return frames[:, :k].flatten(1, 2), batch["actions"][:, k - 1].to(device), frames[:, 1:].flatten(1, 2)
+
+    def loss(self, model, batch, step: int, device) -> dict[str, torch.Tensor]:
+        x_t, u_t, x_next = self.triples(batch, device)
+        torch.manual_seed(self.settings.seed * 1_000_003 + step)  # the reparameterisation noise of step `step`
+        return model(x_t, u_t, x_next)
+
+    @torch.inference_mode()
+    def validate(self, model, batches, device) -> dict[str, float]:
+        """Reconstruction PSNR of x_t from its mean latent, and PSNR of x_{t+1} decoded from the predicted
+        mean, beside copying x_t (what a model that predicts no motion would score)."""
+        recon, pred, copy, loss = [], [], [], []
+        torch.manual_seed(self.settings.seed)
+        for batch in batches:
+            x_t, u_t, x_next = self.triples(batch, device)
+            mu = model.encode(x_t).mean
+            recon.append(evaluation.psnr(model.decode(mu)[:, None], x_t[:, None]))
+            pred.append(evaluation.psnr(model.decode(model.transition(mu, u_t).mean)[:, None], x_next[:, None]))
+            copy.append(evaluation.psnr(x_t[:, None], x_next[:, None]))
+            loss.append(float(model.loss(x_t, u_t, x_next)["loss"]) * len(x_t))
+        n = sum(len(r) for r in recon)
+        return {"val_psnr": float(torch.cat(recon).mean()), "val_psnr_next": float(torch.cat(pred).mean()),
+                "val_psnr_copy": float(torch.cat(copy).mean()), "val_loss": sum(loss) / n}
+
+    @torch.inference_mode()
+    def sample(self, model, batch, device, n: int = 8) -> np.ndarray:
+        """One picture: rows = transitions; columns = x_t | its reconstruction | x_{t+1} | x_{t+1} decoded from
+        the predicted next latent (stacked observations show their last frame)."""
+        pick = torch.linspace(0, len(batch["frames"]) - 1, min(n, len(batch["frames"]))).long()  # spread over episodes
+        x_t, u_t, x_next = self.triples({k: v[pick] for k, v in batch.items()}, device)
+        mu = model.encode(x_t).mean
+        recon, pred = model.decode(mu), model.decode(model.transition(mu, u_t).mean)
+        c = self.config.image_shape[0] // self.stack
+        to_u8 = lambda x: (x[:, -c:].clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
+        cols = [to_u8(x) for x in (x_t, recon, x_next, pred)]
+        scale = max(1, 160 // self.config.image_shape[1])
+        return viz.grid([[viz.enlarge(col[b], scale) for col in cols] for b in range(len(x_t))])
+
+    def evaluate(self, model, data_dir, out_dir: Path, max_windows: int | None = None, device="cpu") -> dict:
+        """What `foresight eval` would report for an E2C run: `validate`'s PSNRs over the whole validation
+        split, written to <out_dir>/eval.json (and the latent map, when the data is the planar system's)."""
+        windows = self.dataset(data_dir, "val", self.window)
+        if len(windows) == 0:
+            windows = self.dataset(data_dir, "all", self.window)
+        if max_windows is not None:
+            windows.items = windows.items[:max_windows]
+        batches = torch.utils.data.DataLoader(windows, batch_size=256)
+        result = {**self.validate(model, batches, device), "windows": len(windows), "data": str(data_dir)}
+        evaluation.write_json(Path(out_dir) / "eval.json", result)
+        if datasets.read_manifest(data_dir)["env"]["id"] == "foresight/Planar-v0" and self.stack == 1:
+            write_planar_latent_map(model, Path(out_dir) / "latent_map.png", device=device)
+        return result
+
+    def finish(self, model, run: Path, resolved: dict, device) -> None:
+        """After training on the planar system: the E2C paper's latent map, written to <run>/latent_map.png."""
+        if resolved.get("dataset", {}).get("env", {}).get("id") == "foresight/Planar-v0" and self.stack == 1:
+            model.eval()
+            write_planar_latent_map(model, run / "latent_map.png", device=device)
+
+
+@torch.inference_mode()
+def planar_latent_means(model, step: float = 1.0, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """The encoder's means at every free position of the planar map on a grid of ``step`` map units:
+    positions (N, 2) (a, b) and latent means (N, Z)."""
+    from foresight.envs import planar
+
+    grid = np.arange(planar.AGENT_HALF, planar.SIZE - planar.AGENT_HALF + 1e-9, step)
+    positions = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    positions = positions[~planar.collides(positions)]
+    images = np.stack([planar.render_state(p) for p in positions])  # (N, 40, 40, 1)
+    x = torch.as_tensor(images, dtype=torch.float32, device=device).permute(0, 3, 1, 2) / 255
+    means = torch.cat([model.encode(chunk).mean for chunk in x.split(512)])
+    return positions, means.cpu().numpy()
+
+
+def write_planar_latent_map(model, path: Path, step: float = 1.0, device="cpu") -> Path:
+    """The E2C paper's picture: the free positions of the planar map (left) and their latent means (right),
+    each position in the same colour in both (the first two principal axes when the latent has more than 2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from foresight.envs import planar
+
+    positions, means = planar_latent_means(model, step, device)
+    if means.shape[1] > 2:  # the plane the means spread in most
+        centred = means - means.mean(0)
+        means = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+    elif means.shape[1] == 1:
+        means = np.column_stack([means[:, 0], np.zeros(len(means))])
+    colours = np.column_stack([positions / planar.SIZE, 0.5 * np.ones(len(positions))])  # red: row, green: column
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4))
+    left.scatter(positions[:, 1], positions[:, 0], c=colours, s=12)
+    for a, b in planar.OBSTACLES:
+        left.add_patch(plt.Circle((b, a), planar.OBSTACLE_RADIUS, color="0.5"))
+    left.set(xlim=(0, planar.SIZE), ylim=(planar.SIZE, 0), aspect="equal", title="agent positions (row down)")
+    right.scatter(means[:, 0], means[:, 1], c=colours, s=12)
+    right.set(aspect="equal", title=f"latent means (z of {model.config.latent_dim})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+LEARNERS = {"video": VideoLearner, "e2c": E2CLearner}
 
 
 class LossModule(torch.nn.Module):
@@ -289,12 +526,39 @@ def load_run(run: str | Path, device: str = "cpu"):
     return model, learner, resolved, json.loads((ckpt / "state.json").read_text())
 
 
+def export_run(run: str | Path, dest: str | Path) -> Path:
+    """A run's model without its optimizer: recipe.json, checkpoint/{model.pt, state.json} and eval.json,
+    for shipping (``pretrained/``); ``load_run(dest)`` loads it like the run itself."""
+    import shutil
+
+    run, dest = Path(run), Path(dest)
+    ckpt = checkpoint_dir(run)
+    if ckpt is None:
+        raise ForesightError(f"{run}: has no checkpoint to export")
+    resolved = json.loads((run / "recipe.json").read_text())
+    resolved["data"] = Path(resolved["data"]).name  # no paths of the machine that trained it
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "checkpoint").mkdir(parents=True)
+    (tmp / "recipe.json").write_text(json.dumps(resolved, indent=1) + "\n")
+    for name in ("model.pt", "state.json"):
+        shutil.copy2(ckpt / name, tmp / "checkpoint" / name)
+    if (run / "eval.json").exists():
+        shutil.copy2(run / "eval.json", tmp / "eval.json")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
 def learner_from_resolved(resolved: dict, recipe: TrainRecipe):
     kind = resolved["model"].get("kind", "video")
     cls = LEARNERS[kind]
     if kind == "video":
         config = VideoPredictionConfig(**resolved["model_config"])
-        return cls(config, recipe.train, bool(resolved["model"].get("use_states", False)))
+        return cls(config, recipe.train, bool(resolved["model"].get("use_states", False)),
+                   resize="image_size" in resolved["model"])
+    if kind == "e2c":
+        return cls.from_resolved(resolved, recipe.train)
     raise ForesightError(f"unknown model kind {kind!r}")
 
 
@@ -376,8 +640,13 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    train_set = datasets.WindowDataset(data_dir, learner.window, "train", s.val_fraction, s.seed)
-    val_set = datasets.WindowDataset(data_dir, learner.window, "val", s.val_fraction, s.seed, stride=learner.window)
+    if hasattr(learner, "dataset"):  # a learner may hold its (small) dataset in memory
+        train_set, val_set = learner.dataset(data_dir, "train"), learner.dataset(data_dir, "val", learner.window)
+    else:
+        size = learner.config.image_size
+        train_set = datasets.WindowDataset(data_dir, learner.window, "train", s.val_fraction, s.seed, image_size=size)
+        val_set = datasets.WindowDataset(data_dir, learner.window, "val", s.val_fraction, s.seed,
+                                         stride=learner.window, image_size=size)
     if len(val_set) == 0:
         val_set = train_set
     loader = torch.utils.data.DataLoader(
@@ -445,7 +714,11 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
                 postfix["val_psnr"] = f"{metrics['val_psnr']:.2f}"
             if step % s.sample_every == 0 or step == s.steps:
                 model.eval()
-                viz.write_gif(run / "samples" / f"step-{step:06d}.gif", learner.sample(model, next(iter(val_loader)), device))
+                picture = learner.sample(model, next(iter(val_loader)), device)  # GIF frames, or one image
+                if isinstance(picture, np.ndarray) and picture.ndim == 3:
+                    viz.write_png(run / "samples" / f"step-{step:06d}.png", picture)
+                else:
+                    viz.write_gif(run / "samples" / f"step-{step:06d}.gif", picture)
                 model.train()
             if step % s.checkpoint_every == 0 or step == s.steps:
                 save_checkpoint(run, model, optimizer, state())
@@ -457,6 +730,8 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
             log.close()
         if tb:
             tb.close()
+    if writer and hasattr(learner, "finish"):  # pictures of the trained model (E2C: the latent map)
+        learner.finish(model, run, resolved, device)
     if world > 1:
         dist.barrier()
     return run

@@ -160,3 +160,17 @@ def test_torchrun_two_processes_match_one(workdir):
     a, b = weights(single), weights(workdir / "runs" / "ddp")
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-4, worst
+
+
+def test_model_image_size_area_resizes_the_data(workdir):
+    """model.image_size below the camera's: frames are area-averaged for training and evaluation."""
+    r, path = recipe(workdir, "resized", "train.steps=2", "model.image_size=[16, 16]")
+    run = training.train(r, path, progress=False)
+    model, learner, resolved, _ = training.load_run(run)
+    assert resolved["model_config"]["image_size"] == [16, 16] and learner.resize
+    from foresight import datasets, evaluation
+    learner.check_data(datasets.read_manifest(workdir / "planar_seq")["shapes"], "planar_seq")  # 40x40: accepted
+    result = evaluation.evaluate_video(model, workdir / "planar_seq", 2, 4, 0.1, 0, False, progress=False)
+    assert len(result["psnr"]) == 4
+    with pytest.raises(ForesightError, match="key 'model.image_size'"):
+        training.train(recipe(workdir, "badsize", "model.image_size=[15, 15]")[0], path, progress=False)

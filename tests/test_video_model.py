@@ -313,3 +313,29 @@ def test_flops_per_frame_matches_the_flop_counter(variant):
     with FlopCounterMode(display=False) as counter:
         model(torch.rand(1, 1, 3, 16, 24), torch.randn(1, 1, 2), torch.randn(1, 1, 2), num_context=1)
     assert counter.get_total_flops() == flops_per_frame(model.config)
+
+
+def test_tracking_loss_is_the_expected_distance_and_can_be_lowered():
+    """track_px is the carried distribution's expected distance to the true pixels, and it trains."""
+    from foresight.evaluation import delta_distribution, expected_distance
+
+    torch.manual_seed(0)
+    cfg = VideoPredictionConfig.small("cdna", skip=True, image_size=(16, 16), channels=3, action_dim=2,
+                                      widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=5)
+    model = VideoPredictionModel(cfg)
+    frames, actions = torch.rand(4, 5, 3, 16, 16), torch.rand(4, 4, 2) * 2 - 1
+    points = torch.tensor([4.0, 5.0]) + torch.arange(5.0)[None, :, None, None] * torch.tensor([1.0, 1.5])
+    points = points.expand(4, 5, 1, 2)  # an object sliding down-right, 1.8 px a step
+    terms = model.loss(frames, actions, points=points, track_weight=0.01)
+    with torch.no_grad():
+        out = model(frames[:, :2], actions, pixels=delta_distribution(points[:, 1], 16, 16), num_context=2)
+        assert torch.allclose(terms["track_px"], expected_distance(out.pixels, points[:, 2:]).mean(), atol=1e-4)
+    assert torch.allclose(terms["loss"], terms["image_mse"] + 0.01 * terms["track_px"])
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    first = float(terms["track_px"].detach())
+    for _ in range(30):
+        loss = model.loss(frames, actions, points=points, track_weight=1.0)
+        opt.zero_grad()
+        loss["loss"].backward()
+        opt.step()
+    assert float(loss["track_px"]) < 0.7 * first, (first, float(loss["track_px"]))

@@ -1,0 +1,187 @@
+"""Embed to Control on the PCC / PC3 protocol: percentage of steps in the goal region, Planar and swing-up.
+
+Writes benchmarks/results/e2c.json. For each system (planar: data/planar.toml, plan/planar.toml; swingup:
+data/pendulum.toml, plan/pendulum.toml):
+  1. the dataset, collected from its recipe if missing;
+  2. --seeds models of each kind, E2C (train/e2c_<system>.toml) and the VAE baseline (train/vae_<system>.toml),
+     trained with train.seed = 0 .. N-1 into train/runs/<kind>_<system>_seed<k>, timed in minutes;
+  3. each model planned on the suite's first --pairs start-goal pairs: E2C with CEM and with iLQR, the VAE
+     with CEM (and random actions once, for reference), results under plan/results/e2c_benchmark/;
+  4. the percentage of steps in the goal region, mean and std over the N x M (model, pair) trajectories,
+     beside the PC3 paper's figures for PCC and PC3 on the same protocol.
+Then PointPush toward goal images (data/point_push.toml, train/e2c_point_push.toml, plan/point_push_goal.toml):
+one E2C model, the block's final pixel distance to its place in the goal image.
+
+    python benchmarks/e2c.py [--seeds 10] [--pairs 10] [--reuse] [--systems planar,swingup,point_push] [--set K=V]
+
+The issue's protocol is --seeds 10 --pairs 10 (the defaults).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+# PC3 (Shu et al., ICML 2020), Table 1: percentage of steps in the goal region, mean +- std
+REFERENCE = {"planar": {"pcc": [56.6, 3.2], "pc3": [74.4, 0.8]}, "swingup": {"pcc": [26.4, 2.6], "pc3": [58.4, 3.5]}}
+SYSTEMS = {  # benchmark key: (recipe stem, data recipe, suite)
+    "planar": ("planar", "data/planar.toml", "plan/planar.toml"),
+    "swingup": ("pendulum", "data/pendulum.toml", "plan/pendulum.toml"),
+}
+PLANS = {"e2c": ("cem", "ilqr"), "vae": ("cem",)}
+
+
+def sh(*args: str) -> None:
+    print("$", " ".join(args), flush=True)
+    subprocess.run(args, check=True, cwd=REPO)
+
+
+def exe() -> str:
+    return str(Path(sys.executable).parent / "foresight")
+
+
+def ensure_data(recipe: str) -> None:
+    """Collect the dataset of a data recipe unless it is complete already."""
+    from foresight import collect, recipes
+
+    r = recipes.load(collect.CollectRecipe, REPO / recipe)
+    manifest = REPO / Path(recipe).parent / r.name / "manifest.json"
+    if not manifest.exists() or not json.loads(manifest.read_text()).get("complete"):
+        sh(exe(), "collect", str(REPO / recipe), "--workers", str(min(2, os.cpu_count() or 1)), "--no-progress")
+
+
+def train(recipe: str, name: str, seed: int, reuse: bool, overrides: list[str]) -> tuple[Path, float]:
+    """Train one model (or keep a finished run with --reuse); return its run folder and training minutes."""
+    from foresight import recipes, training
+
+    path = REPO / recipe
+    sets = [*overrides, f"name={name}", f"train.seed={seed}"]
+    r = recipes.load(training.TrainRecipe, path, sets)
+    run = training.resolve_paths(r, path)[1]
+    ckpt = training.checkpoint_dir(run)
+    if reuse and ckpt and json.loads((ckpt / "state.json").read_text())["step"] >= r.train.steps:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return run, max(row.get("seconds", 0.0) for row in rows) / 60
+    shutil.rmtree(run, ignore_errors=True)
+    start = time.perf_counter()
+    sh(exe(), "train", str(path), *[a for item in sets for a in ("--set", item)], "--no-progress")
+    return run, (time.perf_counter() - start) / 60
+
+
+def plan(run: Path | None, suite_path: str, pairs: int, planners: list[str], out: Path) -> dict:
+    """Plan the suite's first `pairs` tasks with a trained run; the summary of each planner."""
+    from foresight import recipes, training
+    from foresight.planning import latent
+
+    suite = recipes.load(latent.LatentSuiteRecipe, REPO / suite_path, [f"tasks={pairs}"])
+    model = training.load_run(run)[0] if run is not None else None
+    print(f"plan {suite_path} with {run.name if run else 'random actions'}: {', '.join(planners)}", flush=True)
+    return latent.run_suite(suite, out, model, planners, suite_path, videos=2, progress=False,
+                            resolved={**recipes.to_dict(suite), "model": str(run)})
+
+
+def mean_std(values) -> list[float]:
+    v = np.asarray(values, dtype=np.float64)
+    return [round(float(v.mean()), 2), round(float(v.std()), 2)]
+
+
+def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, overrides: list[str]) -> dict:
+    stem, data, suite = SYSTEMS[key]
+    ensure_data(data)
+    percent = {f"{kind}_{p}": [] for kind, ps in PLANS.items() for p in ps}  # every (model, pair) trajectory
+    per_model = {k: [] for k in percent}  # each model's mean over its pairs
+    minutes = {kind: [] for kind in PLANS}
+    final_in_goal = {k: [] for k in percent}
+    for kind, planners in PLANS.items():
+        for seed in range(seeds):
+            name = f"{kind}_{stem}_seed{seed}"
+            run, m = train(f"train/{kind}_{stem}.toml", name, seed, reuse, overrides)
+            minutes[kind].append(round(m, 2))
+            summary = plan(run, suite, pairs, list(planners), out / key / name)
+            for p in planners:
+                values = [t["percent_in_goal"] for t in summary[p]["per_task"]]
+                percent[f"{kind}_{p}"] += values
+                per_model[f"{kind}_{p}"].append(float(np.mean(values)))
+                final_in_goal[f"{kind}_{p}"].append(summary[p]["success"])
+    random = plan(None, suite, pairs, ["random"], out / key / "random")["random"]
+    result = {k: mean_std(v) for k, v in percent.items()}
+    result.update({
+        "random": mean_std([t["percent_in_goal"] for t in random["per_task"]]),
+        "reference": REFERENCE[key],
+        "std_over_model_means": {k: round(float(np.std(v)), 2) for k, v in per_model.items()},
+        "in_goal_at_the_end": {k: round(float(np.mean(v)), 3) for k, v in final_in_goal.items()},
+        "train_minutes": minutes,
+        "train_minutes_mean": {k: round(float(np.mean(v)), 2) for k, v in minutes.items()},
+        "models": seeds, "pairs": pairs, "data": data, "suite": suite,
+        "recipes": {kind: f"train/{kind}_{stem}.toml" for kind in PLANS},
+    })
+    return result
+
+
+def point_push_benchmark(pairs: int, reuse: bool, out: Path, overrides: list[str]) -> dict:
+    ensure_data("data/point_push.toml")
+    run, minutes = train("train/e2c_point_push.toml", "e2c_point_push_seed0", 0, reuse, overrides)
+    summary = plan(run, "plan/point_push_goal.toml", pairs, ["cem", "ilqr", "random"], out / "point_push")
+
+    def figures(s):
+        return {"final_distance_px": s["mean_final_distance"], "start_distance_px": s["mean_start_distance"],
+                "final_over_start": s["final_over_start"], "percent_in_goal": s["percent_in_goal"],
+                "in_goal_at_the_end": s["success"]}
+
+    return {"e2c_cem": figures(summary["cem"]), "e2c_ilqr": figures(summary["ilqr"]),
+            "random": figures(summary["random"]), "train_minutes": round(minutes, 2), "pairs": pairs,
+            "metric": "the block's pixel distance to where the goal image shows it (goal region: 3 px)",
+            "recipe": "train/e2c_point_push.toml", "suite": "plan/point_push_goal.toml"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=10, help="models trained per kind and system (issue: 10)")
+    ap.add_argument("--pairs", type=int, default=10, help="start-goal pairs per model (issue: 10)")
+    ap.add_argument("--systems", default="planar,swingup,point_push")
+    ap.add_argument("--reuse", action="store_true", help="keep finished runs of the same names")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of every training recipe (a quick check: --set train.steps=20)")
+    ap.add_argument("--out", default=str(HERE / "results" / "e2c.json"))
+    args = ap.parse_args()
+    systems = args.systems.split(",")
+    unknown = sorted(set(systems) - {*SYSTEMS, "point_push"})
+    if unknown or args.seeds < 1 or args.pairs < 1:
+        ap.error(f"--systems: unknown {unknown}" if unknown else "--seeds and --pairs must be >= 1")
+
+    import foresight  # noqa: F401  (environments, EGL)
+
+    plans = REPO / "plan" / "results" / "e2c_benchmark"
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.exists() else {}  # other systems' figures are kept
+    result.update({
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+        "protocol": "percentage of steps in the goal region; mean and std over models x start-goal pairs",
+        "targets": {"planar": "E2C above PCC (56.6), aim PC3 (74.4)", "swingup": "E2C above PCC (26.4), aim PC3 (58.4)",
+                    "train_minutes": "<= 10 per model on 2 cores"},
+    })
+    for key in systems:
+        result[key] = (point_push_benchmark(args.pairs, args.reuse, plans, args.set) if key == "point_push"
+                       else system_benchmark(key, args.seeds, args.pairs, args.reuse, plans, args.set))
+        result[key]["train_overrides"] = args.set
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")  # after each system: nothing lost on a kill
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
