@@ -128,6 +128,11 @@ def cmd_eval(args) -> int:
     model, learner, resolved, state = training.load_run(args.run)
     data = args.data or resolved["data"]
     learner.check_data(datasets.read_manifest(data)["shapes"], str(data))
+    if learner.kind == "e2c":  # reconstruction / next-frame PSNR (and the planar latent map)
+        result = learner.evaluate(model, data, Path(args.out or args.run), args.max_windows)
+        print(f"PSNR reconstruction {result['val_psnr']:.2f} dB, predicted next frame {result['val_psnr_next']:.2f} dB"
+              f"\nwrote {Path(args.out or args.run) / 'eval.json'}")
+        return 0
     s = learner.settings
     result = evaluation.evaluate_video(model, data, s.context, s.horizon, s.val_fraction, s.seed,
                                        learner.use_states, max_windows=args.max_windows)
