@@ -86,6 +86,9 @@ def test_tiny_e2c_learns_and_its_run_holds_samples_and_the_latent_map(workdir):
     assert report["val_psnr"] > 15 and report["windows"] == len(learner.dataset(workdir / "planar", "val", 2))
     assert json.loads((workdir / "eval" / "eval.json").read_text())["windows"] == report["windows"]
     assert (workdir / "eval" / "latent_map.png").exists()
+    from foresight.cli import main
+    assert main(["eval", str(run), "--out", str(workdir / "cli_eval")]) == 0  # the command dispatches to it
+    assert json.loads((workdir / "cli_eval" / "eval.json").read_text())["val_psnr"] == pytest.approx(report["val_psnr"])
 
 
 def test_pendulum_observations_stack_two_frames(workdir):
