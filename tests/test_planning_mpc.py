@@ -104,6 +104,13 @@ def test_a_smaller_planning_image_scales_pixels_and_keeps_mass(env, tmp_path):
     _, dists = predictor(ctx, torch.zeros(1, 2), torch.rand(3, 4, 2) * 2 - 1,
                          evaluation.delta_distribution(torch.tensor([[[10.2, 20.7]]]), 32, 32)[0])
     assert torch.allclose(dists.sum((-1, -2)), torch.ones(3, 4, 1), atol=1e-4)
+    # the suite's mpc.amp reaches the model: bf16 autocast changes the frames, not the pixel mass
+    actions = torch.rand(3, 4, 2) * 2 - 1
+    start = evaluation.delta_distribution(torch.tensor([[[10.2, 20.7]]]), 32, 32)[0]
+    fp32, _ = predictor(ctx, torch.zeros(1, 2), actions, start)
+    bf16, dists = predictor(ctx, torch.zeros(1, 2), actions, start, amp="bf16")
+    assert not torch.equal(fp32, bf16) and torch.allclose(fp32, bf16, atol=0.1)
+    assert torch.allclose(dists.sum((-1, -2)), torch.ones(3, 4, 1), atol=1e-4)
 
 
 def test_the_model_time_scale_must_match_the_suite(env):

@@ -142,11 +142,11 @@ class VideoPredictor:
     must run the environment at the same time scale (``action_repeat``).
     """
 
-    def __init__(self, model, context: int = 2, amp: str = "off", trained_env: dict | None = None):
+    def __init__(self, model, context: int = 2, trained_env: dict | None = None):
         if not hasattr(model, "config") or not hasattr(model.config, "transform"):
             raise ForesightError("--model: this model predicts no pixel distributions (a video prediction "
                                  "model, CDNA / DNA / SNA, is needed for designated pixels)")
-        self.model, self.context, self.bf16 = model.eval(), context, amp == "bf16"
+        self.model, self.context = model.eval(), context
         self.image_size = tuple(model.config.image_size)
         self.trained_env = trained_env
         self.seconds = 0.0
@@ -169,15 +169,17 @@ class VideoPredictor:
         x = datasets.resize_frames(np.stack(frames), self.image_size)
         return torch.as_tensor(x, dtype=torch.float32).permute(0, 3, 1, 2) / 255
 
-    def __call__(self, frames: torch.Tensor, past: torch.Tensor, actions: torch.Tensor, dists: torch.Tensor):
+    def __call__(self, frames: torch.Tensor, past: torch.Tensor, actions: torch.Tensor, dists: torch.Tensor,
+                 amp: str = "off"):
         """frames (Tc, C, H, W) float, past (Tc-1, A), actions (N, T, A), dists (K, H, W) ->
-        predicted frames (N, T, C, H, W) and distributions (N, T, K, H, W) after each action."""
+        predicted frames (N, T, C, H, W) and distributions (N, T, K, H, W) after each action.
+        amp = "bf16": bf16 autocast (the suite's ``mpc.amp``)."""
         start = time.perf_counter()
         N = actions.shape[0]
         f = frames[None].expand(N, *frames.shape)
         a = torch.cat([past[None].expand(N, *past.shape), actions], 1)
         p = dists[None].expand(N, *dists.shape)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
             out = self.model(f, a, pixels=p, num_context=self.context)
         self.seconds += time.perf_counter() - start
         return out.frames[:, self.context - 1:].float(), out.pixels.float()
@@ -226,12 +228,12 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
                 ctx, past_t = predictor.frames(frames[-context:]), torch.as_tensor(np.stack(past[-(context - 1):]))
 
                 def score(actions):
-                    return cost(predictor(ctx, past_t, cem.expand(actions), dist)[1])
+                    return cost(predictor(ctx, past_t, cem.expand(actions), dist, suite.mpc.amp)[1])
             result = cem.plan(score)
             plan = cem.expand(result.best)  # (H * repeat, A)
             executed = plan[:n].numpy()
             if planner == "model":  # the chosen plan's prediction: for the video, and to carry the pixels
-                predicted_frames, predicted_dists = predictor(ctx, past_t, plan[None], dist)
+                predicted_frames, predicted_dists = predictor(ctx, past_t, plan[None], dist, suite.mpc.amp)
             cem.shift(max(1, n // suite.cem.repeat))
             replans += 1
         plan_seconds += time.perf_counter() - start
