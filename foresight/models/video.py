@@ -161,17 +161,53 @@ def normalize_kernels(logits: torch.Tensor, dim: int, kind: str) -> torch.Tensor
 
 
 def cdna_transform(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """images (B, Ch, H, W), kernels (B, N, k, k) -> (B, N, Ch, H, W); zero padding.
+    """images (B, Ch, H, W), kernels (B, N, k, k) -> (B, N, Ch, H, W); zero padding, k odd.
 
     Kernel n of sample b filters every channel of image b. Finn's trick: put the batch on the channel
     axis and run one grouped convolution with a group per sample; here each (sample, kernel) pair gets
     its own copy of the image, which makes it a depthwise convolution: 2.2x faster on CPU at 32x32.
+    Its gradients are two more convolutions (``_CDNATransform``): autograd's own depthwise backward
+    with 9x9 kernels took 10x the forward and most of a training step on CPU.
     """
+    return _CDNATransform.apply(images, kernels)
+
+
+def _cdna_forward(images, kernels):
     B, Ch, H, W = images.shape
     N, k = kernels.shape[1], kernels.shape[-1]
     x = images.transpose(0, 1)[:, :, None].expand(Ch, B, N, H, W).reshape(Ch, B * N, H, W)  # channels play batch
     y = F.conv2d(x, kernels.reshape(B * N, 1, k, k), padding=k // 2, groups=B * N)  # (Ch, B*N, H, W)
     return y.reshape(Ch, B, N, H, W).permute(1, 2, 0, 3, 4)
+
+
+class _CDNATransform(torch.autograd.Function):
+    """y[b,n,c] = x[b,c] (cross-correlated with) w[b,n]. Backward, with g = dL/dy:
+    dL/dx[b,c] = sum_n g[b,n,c] (correlated with) flip(w[b,n])   (a depthwise convolution, summed over n)
+    dL/dw[b,n] = sum_c pad(x[b,c]) (correlated with) g[b,n,c]    (a convolution with B groups whose
+                                                                   "kernels" are the H x W gradients)"""
+
+    @staticmethod
+    def forward(ctx, images, kernels):
+        ctx.save_for_backward(images, kernels)
+        return _cdna_forward(images, kernels)
+
+    @staticmethod
+    def backward(ctx, g):  # g (B, N, Ch, H, W)
+        images, kernels = ctx.saved_tensors
+        B, Ch, H, W = images.shape
+        N, k = kernels.shape[1], kernels.shape[-1]
+        r = k // 2
+        grad_images = grad_kernels = None
+        if ctx.needs_input_grad[0]:
+            gg = g.permute(2, 0, 1, 3, 4).reshape(Ch, B * N, H, W)
+            flipped = kernels.flip(-1, -2).reshape(B * N, 1, k, k)
+            gx = F.conv2d(gg, flipped, padding=r, groups=B * N)  # (Ch, B*N, H, W)
+            grad_images = gx.view(Ch, B, N, H, W).sum(2).transpose(0, 1)
+        if ctx.needs_input_grad[1]:
+            padded = F.pad(images, (r, r, r, r)).reshape(1, B * Ch, H + 2 * r, W + 2 * r)
+            gw = F.conv2d(padded, g.reshape(B * N, Ch, H, W), groups=B)  # (1, B*N, k, k)
+            grad_kernels = gw.view(B, N, k, k)
+        return grad_images, grad_kernels
 
 
 def dna_transform(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
