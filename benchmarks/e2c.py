@@ -6,13 +6,15 @@ data/pendulum.toml, plan/pendulum.toml):
   2. --seeds models of each kind, E2C (train/e2c_<system>.toml) and the VAE baseline (train/vae_<system>.toml),
      trained with train.seed = 0 .. N-1 into train/runs/<kind>_<system>_seed<k>, timed in minutes;
   3. each model planned on the suite's first --pairs start-goal pairs: E2C with CEM and with iLQR, the VAE
-     with CEM (and random actions once, for reference), results under plan/results/e2c_benchmark/;
+     with CEM (and, once per system, random actions and the oracle: the same CEM on the true state, the bound
+     of this protocol for any latent space), results under plan/results/e2c_benchmark/;
   4. the percentage of steps in the goal region, mean and std over the N x M (model, pair) trajectories,
      beside the PC3 paper's figures for PCC and PC3 on the same protocol.
 Then PointPush toward goal images (data/point_push.toml, train/e2c_point_push.toml, plan/point_push_goal.toml):
 one E2C model, the block's final pixel distance to its place in the goal image.
 
     python benchmarks/e2c.py [--seeds 10] [--pairs 10] [--reuse] [--systems planar,swingup,point_push] [--set K=V]
+    python benchmarks/e2c.py --baselines-only --systems planar,swingup   # random and oracle only, kept beside
 
 The issue's protocol is --seeds 10 --pairs 10 (the defaults).
 """
@@ -87,7 +89,7 @@ def plan(run: Path | None, suite_path: str, pairs: int, planners: list[str], out
 
     suite = recipes.load(latent.LatentSuiteRecipe, REPO / suite_path, [f"tasks={pairs}"])
     model = training.load_run(run)[0] if run is not None else None
-    print(f"plan {suite_path} with {run.name if run else 'random actions'}: {', '.join(planners)}", flush=True)
+    print(f"plan {suite_path} with {run.name if run else 'no model'}: {', '.join(planners)}", flush=True)
     return latent.run_suite(suite, out, model, planners, suite_path, videos=2, progress=False,
                             resolved={**recipes.to_dict(suite), "model": str(run)})
 
@@ -95,6 +97,12 @@ def plan(run: Path | None, suite_path: str, pairs: int, planners: list[str], out
 def mean_std(values) -> list[float]:
     v = np.asarray(values, dtype=np.float64)
     return [round(float(v.mean()), 2), round(float(v.std()), 2)]
+
+
+def baselines(key: str, pairs: int, out: Path) -> dict:
+    """Random actions and the oracle (CEM on the true state) on a system's suite: no model involved."""
+    summary = plan(None, SYSTEMS[key][2], pairs, ["random", "oracle"], out / key / "baselines")
+    return {p: mean_std([t["percent_in_goal"] for t in summary[p]["per_task"]]) for p in ("random", "oracle")}
 
 
 def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, overrides: list[str]) -> dict:
@@ -115,10 +123,9 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
                 percent[f"{kind}_{p}"] += values
                 per_model[f"{kind}_{p}"].append(float(np.mean(values)))
                 final_in_goal[f"{kind}_{p}"].append(summary[p]["success"])
-    random = plan(None, suite, pairs, ["random"], out / key / "random")["random"]
     result = {k: mean_std(v) for k, v in percent.items()}
     result.update({
-        "random": mean_std([t["percent_in_goal"] for t in random["per_task"]]),
+        **baselines(key, pairs, out),
         "reference": REFERENCE[key],
         "std_over_model_means": {k: round(float(np.std(v)), 2) for k, v in per_model.items()},
         "in_goal_at_the_end": {k: round(float(np.mean(v)), 3) for k, v in final_in_goal.items()},
@@ -152,6 +159,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=10, help="start-goal pairs per model (issue: 10)")
     ap.add_argument("--systems", default="planar,swingup,point_push")
     ap.add_argument("--reuse", action="store_true", help="keep finished runs of the same names")
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="planar / swingup: run only random and the oracle, keeping the models' figures in the file")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of every training recipe (a quick check: --set train.steps=20)")
     ap.add_argument("--out", default=str(HERE / "results" / "e2c.json"))
@@ -175,6 +184,12 @@ def main() -> None:
                     "train_minutes": "<= 10 per model on 2 cores"},
     })
     for key in systems:
+        if args.baselines_only:
+            if key in SYSTEMS:
+                result[key] = {**result.get(key, {}), **baselines(key, args.pairs, plans), "reference": REFERENCE[key]}
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(result, indent=1) + "\n")
+            continue
         result[key] = (point_push_benchmark(args.pairs, args.reuse, plans, args.set) if key == "point_push"
                        else system_benchmark(key, args.seeds, args.pairs, args.reuse, plans, args.set))
         result[key]["train_overrides"] = args.set

@@ -15,7 +15,7 @@ from foresight.errors import ForesightError
 # gymnasium's passive checker (gym.make) expects 3 channels from rgb_array; these systems are grey.
 pytestmark = pytest.mark.filterwarnings("ignore:.*last axis has three dimensions:UserWarning")
 
-PLANAR_CENTRES = [(20.5, 5.5), (20.5, 13.5), (20.5, 27.5), (20.5, 35.5), (10.5, 20.5), (30.5, 20.5)]
+PLANAR_CENTRES = [(20.5, 5.5), (20.5, 12.5), (20.5, 27.5), (20.5, 35.5), (10.5, 20.5), (30.5, 20.5)]
 
 
 @pytest.mark.parametrize("env_id", ["foresight/Planar-v0", "foresight/Pendulum-v0"])
@@ -38,14 +38,11 @@ def test_gymnasium_checker(env_id):
 
 
 def planar_valid(a, b):
-    """Independent validity check: the 3x3 square stays on the 40x40 map and clear of every disk."""
+    """Independent validity check (PCC's planar MDP): the 3x3 square stays on the 40x40 map and its centre
+    out of every disk."""
     if not (1.5 <= a <= 38.5 and 1.5 <= b <= 38.5):
         return False
-    for ca, cb in PLANAR_CENTRES:
-        na, nb = min(max(ca, a - 1.5), a + 1.5), min(max(cb, b - 1.5), b + 1.5)  # square point nearest the centre
-        if math.hypot(na - ca, nb - cb) < 2.5:
-            return False
-    return True
+    return all(math.hypot(a - ca, b - cb) >= 2.5 for ca, cb in PLANAR_CENTRES)
 
 
 def planar_at(state):
@@ -55,17 +52,27 @@ def planar_at(state):
 
 
 def test_planar_move_into_obstacle_is_blocked():
-    env, obs, _ = planar_at([15.0, 5.5])  # 1.5 above the disk at (20.5, 5.5)
-    obs2, _, _, _, info = env.step(np.array([2.0, 0.0], np.float32))
-    assert np.array_equal(info["state"], [15.0, 5.5]) and np.array_equal(obs2, obs)
-    _, _, _, _, info = env.step(np.array([1.5, 0.0], np.float32))  # now exactly touching: allowed
-    assert np.array_equal(info["state"], [16.5, 5.5])
+    env, obs, _ = planar_at([16.0, 5.5])  # the centre 2 above the disk at (20.5, 5.5)
+    obs2, _, _, _, info = env.step(np.array([2.5, 0.0], np.float32))
+    assert np.array_equal(info["state"], [16.0, 5.5]) and np.array_equal(obs2, obs)
+    _, _, _, _, info = env.step(np.array([2.0, 0.0], np.float32))  # now exactly touching: allowed
+    assert np.array_equal(info["state"], [18.0, 5.5])
+
+
+def test_planar_gaps_between_disks_let_the_agent_through():
+    """PCC's planar MDP: the centre is a point, so the 3-wide gap between the disks at columns 5.5 and 12.5
+    (and the one beside the map's edge) are open: a goal below the wall is reachable straight down."""
+    for column in (9.0, 2.0):
+        env, _, _ = planar_at([17.0, column])
+        for _ in range(3):
+            _, _, _, _, info = env.step(np.array([3.0, 0.0], np.float32))
+        assert np.array_equal(info["state"], [26.0, column])
 
 
 def test_planar_move_through_obstacle_corner_is_blocked():
-    start, action = np.array([5.5, 19.5]), np.array([3.0, -3.0], np.float32)
-    # both ends are valid, but halfway the square overlaps the disk at (10.5, 20.5)
-    assert planar_valid(*start) and planar_valid(*(start + action)) and not planar_valid(7.0, 18.0)
+    start, action = np.array([10.5, 23.5]), np.array([3.0, -3.0], np.float32)
+    # both ends are 3 from the disk at (10.5, 20.5), but halfway the centre passes 2.1 from it
+    assert planar_valid(*start) and planar_valid(*(start + action)) and not planar_valid(12.0, 22.0)
     env, _, _ = planar_at(start)
     _, _, _, _, info = env.step(action)
     assert np.array_equal(info["state"], start)
@@ -152,7 +159,7 @@ def test_planar_reset_options_and_invalid_states():
             assert np.array_equal(info["state"], np.float32([a, b]))
     for goal in ([37.0, 37.0], [37.0, 3.0], [3.0, 37.0]):
         planar_at(goal)
-    for bad in ([20.5, 5.5], [18.0, 5.5], [1.0, 20.0], [20.0, 39.0]):
+    for bad in ([20.5, 5.5], [18.5, 5.5], [1.0, 20.0], [20.0, 39.0]):
         with pytest.raises(ForesightError, match=str(bad[0])):
             planar_at(bad)
     with pytest.raises(ForesightError, match="state"):
@@ -271,6 +278,12 @@ def test_pendulum_angle_is_normalised_and_resets_are_in_range():
     states = np.array([env.reset(seed=s)[1]["state"] for s in range(300)])
     assert states[:, 0].min() < -2.8 and states[:, 0].max() > 2.8 and np.all(np.abs(states[:, 0]) <= math.pi)
     assert np.all(np.abs(states[:, 1]) <= 1.0) and states[:, 1].std() > 0.4
+    fast = PendulumEnv(reset_speed=8.0)
+    speeds = np.array([fast.reset(seed=s)[1]["state"][1] for s in range(300)])
+    assert np.all(np.abs(speeds) <= 8.0) and np.abs(speeds).max() > 7.0
+    for bad in (-1.0, 9.0, True, "fast"):
+        with pytest.raises(ForesightError, match=r"reset_speed must be a number in \[0, 8.0\]"):
+            PendulumEnv(reset_speed=bad)
 
 
 # --- both ----------------------------------------------------------------------------------------

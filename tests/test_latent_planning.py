@@ -132,6 +132,13 @@ def test_planning_with_the_true_dynamics_reaches_the_goals(tmp_path, planner):
     assert saved[planner]["percent_in_goal"] == ours["percent_in_goal"] and len(saved[planner]["per_task"]) == 2
 
 
+def test_the_oracle_plans_on_the_true_state_without_a_model(tmp_path):
+    """The protocol's bound: CEM on the simulator's state reaches the open-field goals, from the same start."""
+    s, _ = suite(tmp_path)
+    summary = latent.run_suite(s, tmp_path / "out", None, ["oracle"], progress=False, videos=0)
+    assert summary["oracle"]["success"] == 1.0 and summary["oracle"]["percent_in_goal"] > 40, summary["oracle"]
+
+
 def test_goal_region_in_angles_wraps():
     s = latent.LatentSuiteRecipe(name="p", env="foresight/Pendulum-v0", goal_states=((0.0, 0.0),), region_dims=(0,),
                                  region_radius=0.5, region_wrap=True)
@@ -180,7 +187,7 @@ def test_foresight_plan_hands_an_e2c_run_to_the_latent_planner(tmp_path, capsys)
     (["start_high=[7.0]"], "key 'start_high': 1 numbers for 2 in start_low"),
     (["goal_states=[[20.5, 5.5]]"], "key 'goal_states'.*not a valid state"),
     (["goal_states=[]"], "key 'goal_states': give goal states, or goal_push_steps > 0"),
-    (["baselines=['oracle']"], "key 'baselines': unknown planner 'oracle'"),
+    (["baselines=['mppi']"], "key 'baselines': unknown planner 'mppi'"),
 ])
 def test_bad_suites_give_one_clear_error(tmp_path, overrides, message):
     s, path = suite(tmp_path, *overrides)

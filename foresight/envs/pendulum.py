@@ -68,7 +68,8 @@ class PendulumEnv(gym.Env):
       frames (the E2C model stacks them); the environment's own observation is one frame.
     - action: ``float32 (1,)`` torque in ``[-max_torque, max_torque]`` (default 2), clipped to it.
     - state ``(theta, omega)``; ``info["points"]`` is the tip's pixel ``(1, 2)`` (row, col).
-    - ``reset()`` draws theta uniform in [-pi, pi) and omega uniform in [-1, 1];
+    - ``reset()`` draws theta uniform in [-pi, pi) and omega uniform in [-reset_speed, reset_speed] (default 1,
+      gymnasium's; data for swing-up models wants up to the speed limit 8, as the PCC samplers cover);
       ``reset(options={"state": [theta, omega]})`` sets them (|omega| <= 8).
     - reward: minus gymnasium's cost ``theta^2 + 0.1 omega^2 + 0.001 u^2`` (at the state before the
       step); the episode never terminates or truncates (add a TimeLimit for episodes).
@@ -77,13 +78,16 @@ class PendulumEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(round(1 / DT))}
     point_names = ["tip"]
 
-    def __init__(self, render_mode="rgb_array", max_torque=2.0):
+    def __init__(self, render_mode="rgb_array", max_torque=2.0, reset_speed=1.0):
         if render_mode != "rgb_array":
             raise ForesightError(f"PendulumEnv: render_mode must be 'rgb_array', got {render_mode!r}")
         if isinstance(max_torque, bool) or not (isinstance(max_torque, numbers.Real) and np.isfinite(max_torque) and max_torque > 0):
             raise ForesightError(f"PendulumEnv: max_torque must be a positive number, got {max_torque!r}")
+        if isinstance(reset_speed, bool) or not (isinstance(reset_speed, numbers.Real) and 0 <= reset_speed <= MAX_SPEED):
+            raise ForesightError(f"PendulumEnv: reset_speed must be a number in [0, {MAX_SPEED}], got {reset_speed!r}")
         self.render_mode = render_mode
         self.max_torque = float(max_torque)
+        self.reset_speed = float(reset_speed)
         self.observation_space = spaces.Box(0, 255, (SIZE, SIZE, 1), dtype=np.uint8)
         self.action_space = spaces.Box(-self.max_torque, self.max_torque, (1,), dtype=np.float32)
         self._state = np.array([np.pi, 0.0])  # float64 (theta, omega), set properly by reset()
@@ -114,7 +118,7 @@ class PendulumEnv(gym.Env):
             self._state = self._checked_state(options["state"], 'options["state"]')
         else:
             th = self.np_random.uniform(-np.pi, np.pi)
-            w = self.np_random.uniform(-1.0, 1.0)
+            w = self.np_random.uniform(-self.reset_speed, self.reset_speed)
             self._state = np.array([wrap_angle(th), w])
         return self.render(), self._info()
 

@@ -3,6 +3,12 @@
 An agent (a 3x3 square) moves on a 40x40 map past six round obstacles; the observation is a
 40x40 grey image. Pure numpy, thousands of frames per second.
 
+Collisions follow the PCC code's planar MDP, whose protocol the PC3 paper's figures use: the agent's centre
+(a point) must stay out of every disk of radius 2.5 along the whole move, and its square on the map. (A square
+agent, as this module first had it, closes the gaps of the middle row of disks, so a goal below the start
+needs a long detour that no cost of distance to the goal finds: the state-space oracle then reached the
+(37, 3) goal in none of its tasks.)
+
 Coordinates. The state is the agent's centre ``(a, b)`` in map units, where the image spans
 ``[0, 40] x [0, 40]`` and pixel ``(i, j)`` covers ``[i, i+1] x [j, j+1]``: ``a`` grows downwards
 (image rows), ``b`` to the right (image columns). In DESIGN.md's pixel convention (``(0, 0)`` the
@@ -18,7 +24,7 @@ from gymnasium import spaces
 from foresight.errors import ForesightError
 
 SIZE = 40  # the map spans [0, SIZE]^2, one pixel per unit
-OBSTACLES = np.array([[20.5, 5.5], [20.5, 13.5], [20.5, 27.5], [20.5, 35.5], [10.5, 20.5], [30.5, 20.5]])
+OBSTACLES = np.array([[20.5, 5.5], [20.5, 12.5], [20.5, 27.5], [20.5, 35.5], [10.5, 20.5], [30.5, 20.5]])
 OBSTACLE_RADIUS = 2.5
 AGENT_HALF = 1.5  # the agent is the square [a - 1.5, a + 1.5] x [b - 1.5, b + 1.5]
 MAX_ACTION = 3.0
@@ -30,15 +36,13 @@ _PIXELS = np.arange(SIZE, dtype=np.float64)  # pixel i spans [i, i + 1]
 
 
 def collides(p):
-    """Whether agent centres ``p`` (..., 2) are invalid: the square leaves the map or overlaps a disk.
+    """Whether agent centres ``p`` (..., 2) are invalid: the square leaves the map or the centre enters a disk.
 
-    The square and a disk overlap when the disk centre is closer than the radius to the square;
-    touching is allowed.
+    Touching a disk is allowed.
     """
     p = np.asarray(p, dtype=np.float64)
     off_map = ((p < AGENT_HALF) | (p > SIZE - AGENT_HALF)).any(axis=-1)
-    gap = np.maximum(np.abs(p[..., None, :] - OBSTACLES) - AGENT_HALF, 0.0)  # (..., 6, 2) centre -> square
-    hit = ((gap**2).sum(axis=-1) < OBSTACLE_RADIUS**2).any(axis=-1)
+    hit = (((p[..., None, :] - OBSTACLES) ** 2).sum(axis=-1) < OBSTACLE_RADIUS**2).any(axis=-1)
     return off_map | hit
 
 
@@ -79,7 +83,7 @@ class PlanarEnv(gym.Env):
     - observation: ``uint8 (40, 40, 1)``; obstacles are mid-grey disks (radius 2.5), the agent a white
       3x3 square, both anti-aliased (pixel value = covered area fraction x intensity).
     - action: ``float32 (2,)`` in ``[-3, 3]^2``, added to the state. A move whose straight path would
-      take the square off the map or into an obstacle leaves the agent where it was.
+      take the square off the map or the centre into an obstacle leaves the agent where it was.
     - state: the agent centre ``(a, b)``, rows down and columns right, in map units (pixel ``(i, j)``
       covers ``[i, i+1] x [j, j+1]``); ``info["points"]`` is its pixel ``[[a - 0.5, b - 0.5]]``.
     - ``reset()`` puts the agent at a uniformly random valid state; ``reset(options={"state": [a, b]})``
@@ -114,7 +118,8 @@ class PlanarEnv(gym.Env):
         if collides(s):
             raise ForesightError(
                 f"PlanarEnv: {what} = {s.tolist()} is not a valid state: the agent's square (half-size "
-                f"{AGENT_HALF}) must lie in [0, {SIZE}]^2 and not overlap an obstacle"
+                f"{AGENT_HALF}) must lie in [0, {SIZE}]^2 and its centre "
+                f"outside every obstacle (radius {OBSTACLE_RADIUS})"
             )
         return s
 

@@ -15,6 +15,9 @@ with h the half range of each action dimension. Two optimizers share the cost, b
            controller uses them; the VAE: autograd Jacobians), box-bounded actions, warm-started from the
            last plan shifted by the executed steps
     random uniformly random actions, for reference
+    oracle the same CEM and cost form on the true simulator (``set_sim_state``): squared distance of the true
+           state (region_dims; pixels for a 'points' region) to the goal's. The bound of the protocol with this
+           planner: what a perfect latent space (one that is the state) would reach
 
 Evaluation as PCC (Levine et al. 2020) and PC3 (Shu et al. 2020) run it: the percentage of the task's steps
 in which the true state lies in the goal region. Result folder as the pixel planner's (`mpc.run_suite`):
@@ -38,7 +41,7 @@ from foresight.planning import mpc
 from foresight.planning.cem import CEM, CEMConfig
 from foresight.recipes import spec
 
-PLANNERS = ("cem", "ilqr", "random")
+PLANNERS = ("cem", "ilqr", "random", "oracle")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -398,7 +401,7 @@ def run_task(env: gym.Env, task: LatentTask, suite: LatentSuiteRecipe, planner: 
     """One start-goal pair with one planner; the true state decides the goal region after every step."""
     if planner not in PLANNERS:
         raise ForesightError(f"planner: expected one of {', '.join(PLANNERS)}, got {planner!r}")
-    if planner != "random" and model is None:
+    if planner in ("cem", "ilqr") and model is None:
         raise ForesightError(f"planner {planner!r} needs --model RUN (an E2C or VAE run)")
     obs, info = env.reset(seed=task.seed, options=task.reset_options)
     low, high = env.action_space.low, env.action_space.high
@@ -407,7 +410,7 @@ def run_task(env: gym.Env, task: LatentTask, suite: LatentSuiteRecipe, planner: 
     frames = [obs] * stack  # at rest before the first step: the first frame repeated
     goal_z = model.encode([task.goal_frame] * stack) if model else None
     cost = LatentGoalCost(goal_z, (high - low) / 2, suite.cost) if model else None
-    if planner == "cem":
+    if planner in ("cem", "oracle"):
         cem = CEM(suite.cem, low, high)
     elif planner == "ilqr":
         ilqr = LatentILQR(model.model, cost, low, high, suite.ilqr)
@@ -418,6 +421,11 @@ def run_task(env: gym.Env, task: LatentTask, suite: LatentSuiteRecipe, planner: 
         start = time.perf_counter()
         if planner == "random":
             executed = rng.uniform(low, high, (n, *low.shape)).astype(np.float32)
+        elif planner == "oracle":
+            plan = cem.expand(cem.plan(lambda actions: _true_cost(env, suite, task, cem.expand(actions), high - low)).best)
+            cem.shift(max(1, n // suite.cem.repeat))
+            executed = plan[:n].numpy()
+            replans += 1
         else:
             z0 = model.encode(frames)
             if planner == "cem":
@@ -456,6 +464,25 @@ def run_task(env: gym.Env, task: LatentTask, suite: LatentSuiteRecipe, planner: 
     return LatentOutcome(outcome, flags)
 
 
+def _true_cost(env: gym.Env, suite: LatentSuiteRecipe, task: LatentTask, u: torch.Tensor, span) -> torch.Tensor:
+    """The latent cost's form on the true simulator: u (N, T, A) -> (N,), each sequence from the current state."""
+    sim = env.unwrapped
+    if not hasattr(sim, "set_sim_state"):
+        raise ForesightError(f"planner 'oracle': {suite.env} cannot save and restore its state (no set_sim_state)")
+    weights = LatentGoalCost(torch.zeros(1), span / 2, suite.cost).weights(u.shape[1]).numpy()
+    effort = suite.cost.action_weight * ((u / torch.as_tensor(span / 2)) ** 2).sum((1, 2)).numpy()
+    start, cost = sim.get_sim_state(), effort.astype(np.float64)
+    try:
+        for n, sequence in enumerate(u.numpy()):
+            sim.set_sim_state(start)
+            for t, action in enumerate(sequence):
+                _, _, _, _, info = sim.step(action)  # unwrapped: no time limit counts these
+                cost[n] += weights[t] * in_goal(suite, task, info)[1] ** 2
+    finally:
+        sim.set_sim_state(start)
+    return torch.as_tensor(cost)
+
+
 def _panel(frame, points, task: LatentTask, decoded, inside: bool) -> np.ndarray:
     """camera frame (goal pixel: cross, tracked pixel: circle; green border in the goal region) | goal image |
     the model's decoding of the observation it planned from."""
@@ -492,7 +519,7 @@ def run_suite(suite: LatentSuiteRecipe, out, model, planners: list[str], source:
     env = make_env(suite.env, suite.env_kwargs, source)
     try:
         latent = LatentModel(model, env) if model is not None else None
-        if latent is None and any(p != "random" for p in planners):
+        if latent is None and any(p in ("cem", "ilqr") for p in planners):
             raise ForesightError("--model: planners cem and ilqr need a trained E2C or VAE run (--model RUN)")
         tasks = make_tasks(suite, env, source)
         summary = {"suite": suite.name, "env": suite.env, "tasks": len(tasks), "recipe": resolved}
