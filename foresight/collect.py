@@ -21,7 +21,7 @@ from tqdm import tqdm
 import foresight  # noqa: F401  (registers environments, picks the EGL backend)
 from foresight import datasets
 from foresight.errors import ForesightError
-from foresight.recipes import spec, to_dict
+from foresight.recipes import field_defaults, spec, to_dict
 
 MOVED_PX = 2.0  # an episode "moved an object" when some object got at least this far from its start
 
@@ -46,6 +46,9 @@ class CollectRecipe:
     seed: int = spec(0, min=0)
     shard_size: int = spec(50, min=1, help="episodes per shard file")
     env_kwargs: dict = spec({}, help="options passed to the environment")
+    reset_options: dict = spec({}, help="options for env.reset, e.g. {pusher_near = 0.02} in PointPush")
+    reset_fraction: float = spec(1.0, min=0.0, max=1.0, help="share of episodes reset with reset_options "
+                                                             "(the others reset plainly)")
     policy: PolicyRecipe = spec(PolicyRecipe())
 
 
@@ -98,7 +101,9 @@ class ExplorationPolicy:
 def run_episode(env: gym.Env, recipe: CollectRecipe, index: int) -> dict[str, np.ndarray]:
     """Episode ``index`` of the dataset, as arrays in the dataset layout."""
     rng = np.random.default_rng([recipe.seed, index])
-    obs, info = env.reset(seed=int(rng.integers(2**31)))
+    seed = int(rng.integers(2**31))
+    options = recipe.reset_options if recipe.reset_options and rng.random() < recipe.reset_fraction else None
+    obs, info = env.reset(seed=seed, options=options)
     policy = ExplorationPolicy(recipe.policy, env.action_space, rng, env)
     frames, actions, states, points = [obs], [], [info["state"]], [info["points"]]
     for _ in range(recipe.steps):
@@ -129,6 +134,11 @@ def collect(recipe: CollectRecipe, out: str | Path, workers: int = 1, source: st
     if recipe.policy.kind == "push" and not hasattr(env.unwrapped, "steer_toward"):
         raise ForesightError(f"{source}: key 'policy.kind': 'push' needs an environment that can steer toward objects, "
                              f"and {recipe.env} cannot (use 'random')")
+    if recipe.reset_options:
+        try:
+            env.reset(seed=0, options=recipe.reset_options)
+        except ForesightError as e:
+            raise ForesightError(f"{source}: key 'reset_options': {e}") from None
     header = _header(recipe, env)
     env.close()
 
@@ -219,8 +229,10 @@ def _header(recipe: CollectRecipe, env: gym.Env) -> dict:
 def _check_same_recipe(manifest: dict, header: dict, out: Path) -> None:
     old, new = dict(manifest.get("recipe", {})), dict(header["recipe"])
     old.pop("episodes", None), new.pop("episodes", None)  # more (or fewer) episodes is a resume, not a change
+    defaults = field_defaults(CollectRecipe)
     for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
+        # a key added to the recipe format since the dataset was made reads as its default
+        if old.get(key, defaults.get(key)) != new.get(key):
             raise ForesightError(f"{out / datasets.MANIFEST}: this dataset was collected with {key} = {old.get(key)!r}, "
                                  f"the recipe now says {new.get(key)!r}; collect into another --out or delete {out}")
 

@@ -92,6 +92,17 @@ def to_dict(recipe: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(recipe)))
 
 
+def field_defaults(cls: type) -> dict:
+    """The defaults of a recipe class's fields as they read in stored recipes (fields without one left out)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = to_dict(f.default) if dataclasses.is_dataclass(f.default) else f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def _check(tp: Any, value: Any, f: dataclasses.Field, source: str, key: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):

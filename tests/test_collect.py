@@ -222,3 +222,26 @@ def test_resized_frames_keep_the_points_on_their_objects():
         obs, _, _, _, info = env.step(rng.uniform(-1, 1, 2))
     env.close()
     assert checked >= 15
+
+
+def test_reset_options_start_episodes_as_the_recipe_says(tmp_path, reference, recipe_file):
+    """reset_options reach env.reset for reset_fraction of the episodes; a bad option names the key; a dataset
+    made before the key existed still resumes (a missing key reads as its default)."""
+    p = tmp_path / "near.toml"
+    p.write_text('name = "near"\nenv = "foresight/PointPush-v0"\nepisodes = 8\nsteps = 1\nseed = 3\n'
+                 'shard_size = 4\nreset_options = { pusher_near = 0.02 }\nreset_fraction = 0.5\n'
+                 '[policy]\nkind = "random"\n')
+    out = collect.collect(load(p), tmp_path / "near", progress=False)
+    store = datasets.EpisodeStore(out)
+    # state: pusher x, y, block x, y, yaw; "near" = the gap between bounding circles is 2 cm
+    gaps = np.array([np.linalg.norm(store.read(i, "states")[0, 2:4] - store.read(i, "states")[0, :2]) for i in range(8)])
+    near = np.isclose(gaps, 0.03 + 0.04 * np.sqrt(2) + 0.02, atol=1e-4)
+    assert 1 <= near.sum() <= 7, gaps  # some episodes near, some plain
+    with pytest.raises(ForesightError, match=r"key 'reset_options': options\['pusher_near'\]"):
+        collect.collect(load(p, "reset_options.pusher_near=5.0"), tmp_path / "bad", progress=False)
+    manifest = json.loads((reference / "manifest.json").read_text())
+    for key in ("reset_options", "reset_fraction"):
+        del manifest["recipe"][key]
+    (reference / "manifest.json").write_text(json.dumps(manifest))
+    more = collect.collect(load(recipe_file, "episodes=26"), reference, progress=False)
+    assert len(datasets.EpisodeStore(more)) == 26

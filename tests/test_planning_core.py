@@ -281,3 +281,27 @@ def test_goal_image_cost():
         goal_image_cost(frames, (goal * 255).to(torch.uint8))
     with pytest.raises(ForesightError, match="frames"):
         goal_image_cost(frames[0], goal)
+
+
+def test_spread_penalty_makes_leaked_mass_cost_more_than_it_gains():
+    """A tenth of the mass leaking to the goal lowers the plain expected distance; with the spread penalty it
+    costs more than the unmoved delta, while a real move of the whole delta still wins."""
+    h = w = 32
+    goal = [[16.0, 26.0]]
+    still = torch.zeros(1, 1, 1, h, w)
+    still[..., 16, 10] = 1.0  # 16 px from the goal
+    leak = 0.9 * still.clone()
+    leak[..., 16, 26] += 0.1
+    moved = torch.zeros(1, 1, 1, h, w)
+    moved[..., 16, 12] = 1.0
+    plain = DesignatedPixelCost(goal, (h, w), last_weight=1.0)
+    spread = DesignatedPixelCost(goal, (h, w), last_weight=1.0, spread_weight=1.0)
+    assert plain(leak) < plain(still)
+    assert spread(leak) > spread(still) > spread(moved)
+    assert spread(moved).item() == pytest.approx(14.0)  # a delta has no spread
+    # the spread is the std: a 50/50 split 4 px apart has std 2
+    split = torch.zeros(1, 1, 1, h, w)
+    split[..., 16, 10] = split[..., 16, 14] = 0.5
+    assert (spread(split) - plain(split)).item() == pytest.approx(2.0, abs=1e-4)
+    with pytest.raises(ForesightError, match="spread_weight"):
+        DesignatedPixelCost(goal, (h, w), spread_weight=-1.0)

@@ -131,3 +131,46 @@ def test_task_processes_give_the_same_outcomes(tmp_path):
     outcome = lambda summary: [(t["final_distance"], t["success"]) for t in summary["oracle"]["per_task"]]  # noqa: E731
     assert outcome(one) == outcome(two)
     assert (tmp_path / "two" / "oracle" / "task-000.gif").exists()
+
+
+def test_color_tracker_follows_a_pushed_block_to_the_simulators_pixel():
+    """Registration sees only camera frames; it must land on the object's true pixel (an independent measure)."""
+    from foresight.planning.tracking import ColorTracker
+
+    e = gym.make("foresight/PointPush-v0", objects=2)
+    obs, info = e.reset(seed=4, options={"pusher_near": 0.02})
+    designated = info["points"] + np.array([[1.5, -1.0], [0.0, 0.0]])  # one pixel off its block's centre
+    tracker = ColorTracker(obs, designated)
+    start, errors = info["points"].copy(), []
+    for t in range(40):  # drive through the red block, pushing it
+        obs, _, _, _, info = e.step(e.unwrapped.steer_toward(0))
+        errors.append(np.abs(tracker.update(obs) - (info["points"] + designated - start)).max())
+    e.close()
+    assert np.linalg.norm(info["points"][0] - start[0]) > 5  # the block really moved (into a corner)
+    assert max(errors) < 1.0, errors
+    with pytest.raises(ForesightError, match=r"frame: the colour tracker needs RGB frames"):
+        tracker.update(np.zeros((64, 64, 1), np.uint8))
+
+
+@pytest.mark.parametrize("track", ["registration", "true"])
+def test_tracked_designated_pixels_restart_on_the_object(env, track):
+    """With registration (images) or the true pixel, each replan starts from a delta at the object's pixel."""
+    torch.manual_seed(0)
+    cfg = VideoPredictionConfig.small("cdna", skip=True, image_size=(32, 32), channels=3, action_dim=2,
+                                      widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=5)
+    model = VideoPredictionModel(cfg)
+    seen = []
+
+    class Recorder(mpc.VideoPredictor):
+        def __call__(self, frames, past, actions, dists, amp="off"):
+            seen.append(dists.clone())
+            return super().__call__(frames, past, actions, dists, amp)
+
+    s = suite(tasks=1, steps=4, mpc={"replan_every": 1, "track": track},
+              cem={"samples": 8, "elites": 2, "iterations": 1, "horizon": 2, "repeat": 1})
+    task = mpc.make_tasks(s, env)[0]
+    mpc.run_task(env, task, s, "model", Recorder(model), record=False)
+    # the last replan's start distribution is a delta (4 bilinear taps), not a model-spread distribution
+    assert (seen[-1][0] > 0).sum() <= 4 and torch.allclose(seen[-1].sum(), torch.tensor(1.0))
+    with pytest.raises(ForesightError, match=r"key 'mpc.track'"):
+        suite(mpc={"track": "telepathy"})

@@ -11,6 +11,12 @@ The cost is the expected distance to the goal, summed over the plan's steps with
 
 Visual foresight's "finalweight" was 10 (30 in some Sawyer experiments): the last step is where the object
 should end up, the earlier steps reward getting there early.
+
+Spread penalty (``spread_weight`` = beta): each step's term becomes E_P[||p - g||] + beta sqrt(tr Cov_P(p)).
+A planner exploits model errors: a plan whose prediction lets a tenth of the designated pixel's mass ride
+away on the passing pusher toward the goal lowers E_P[d] by a tenth of the distance, although the block never
+moved. Such a leak spreads the distribution (its std grows by ~sqrt(0.1) of the distance), while a real push
+moves the whole distribution and leaves its spread alone; beta ~ 1 makes the leak cost more than it gains.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ class DesignatedPixelCost:
     computed once here, so calling the cost on each of the planner's batches is one weighted sum.
     """
 
-    def __init__(self, goals, image_size, weights=None, last_weight: float = 10.0):
+    def __init__(self, goals, image_size, weights=None, last_weight: float = 10.0, spread_weight: float = 0.0):
         self.goals = _tensor("goals", goals)  # (K, 2)
         if self.goals.dim() != 2 or self.goals.shape[1] != 2 or self.goals.shape[0] == 0:
             raise ForesightError(f"goals must have shape (K, 2) of (row, col) pixels, got {tuple(self.goals.shape)}")
@@ -50,12 +56,15 @@ class DesignatedPixelCost:
                 f"weights must be {k} numbers >= 0, one per goal, got {self.weights.tolist()}"
             )
         self.last_weight = _last_weight(last_weight)
+        self.spread_weight = _nonnegative("spread_weight", spread_weight)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         h, w = self.image_size
         rows = torch.arange(h, dtype=torch.float32).view(1, h, 1)
         cols = torch.arange(w, dtype=torch.float32).view(1, 1, w)
         g = self.goals.view(k, 2, 1, 1)
         self.maps = torch.sqrt((rows - g[:, 0]) ** 2 + (cols - g[:, 1]) ** 2)  # (K, H, W) distance to goal k
+        # (3, H, W): row, col and row^2 + col^2, whose expectations give each distribution's spread
+        self.moments = torch.stack([rows.expand(1, h, w)[0], cols.expand(1, h, w)[0], (rows ** 2 + cols ** 2)[0]])
         self._cache = {}  # (device, dtype) -> (maps, weights, farthest) on that device
 
     def __call__(self, dists: torch.Tensor) -> torch.Tensor:
@@ -66,13 +75,18 @@ class DesignatedPixelCost:
             raise ForesightError(f"dists must have shape (N, T, {k}, {h}, {w}), got {shape}")
         if not dists.is_floating_point():
             raise ForesightError(f"dists must be a floating-point tensor, got {dists.dtype}")
-        maps, weights, farthest = self._on(dists.device, dists.dtype)
+        maps, weights, farthest, moments = self._on(dists.device, dists.dtype)
         mass = dists.sum(dim=(-2, -1))  # (N, T, K)
         expected = torch.einsum("ntkhw,khw->ntk", dists, maps)
         # divide by the mass: a model that leaks probability off the image must not be rewarded for it;
         # a distribution that lost all its mass counts as far from the goal as the image allows
         lost = mass <= 1e-12
-        expected = torch.where(lost, farthest, expected / torch.where(lost, torch.ones_like(mass), mass))
+        safe_mass = torch.where(lost, torch.ones_like(mass), mass)
+        expected = torch.where(lost, farthest, expected / safe_mass)
+        if self.spread_weight > 0:
+            m = torch.einsum("ntkhw,mhw->ntkm", dists, moments) / safe_mass[..., None]  # E[r], E[c], E[r^2 + c^2]
+            spread = (m[..., 2] - m[..., 0] ** 2 - m[..., 1] ** 2).clamp_min(0).sqrt()  # (N, T, K)
+            expected = expected + self.spread_weight * torch.where(lost, torch.zeros_like(spread), spread)
         lam = step_weights(dists.shape[1], self.last_weight).to(dists.device, dists.dtype)  # (T,)
         return (expected * lam.view(1, -1, 1) * weights.view(1, 1, -1)).sum(dim=(1, 2))  # (N,)
 
@@ -80,7 +94,8 @@ class DesignatedPixelCost:
         key = (device, dtype)
         if key not in self._cache:
             maps = self.maps.to(device, dtype)
-            self._cache[key] = (maps, self.weights.to(device, dtype), maps.flatten(1).amax(1))
+            self._cache[key] = (maps, self.weights.to(device, dtype), maps.flatten(1).amax(1),
+                                self.moments.to(device, dtype))
         return self._cache[key]
 
 
@@ -121,7 +136,11 @@ def _tensor(name, value) -> torch.Tensor:
     return t
 
 
-def _last_weight(value) -> float:
+def _nonnegative(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ForesightError(f"last_weight must be a finite number >= 0, got {value!r}")
+        raise ForesightError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def _last_weight(value) -> float:
+    return _nonnegative("last_weight", value)

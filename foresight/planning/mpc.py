@@ -24,17 +24,24 @@ from foresight import datasets, evaluation, viz
 from foresight.errors import ForesightError
 from foresight.planning.cem import CEM, CEMConfig, repeat_actions
 from foresight.planning.costs import DesignatedPixelCost, step_weights
+from foresight.planning.tracking import ColorTracker
 from foresight.recipes import spec
 
 PLANNERS = ("model", "oracle", "random")
+TRACKING = ("model", "registration", "true")
 
 
 @dataclass(frozen=True)
 class MPCSettings:
     replan_every: int = spec(3, min=1, help="environment steps executed between plans")
-    redesignate: bool = spec(False, help="restart each designated pixel at the true object pixel after every "
-                                         "execution (for comparison) instead of carrying the model's prediction")
+    track: str = spec("model", choices=TRACKING,
+                      help="how the model planner knows where each designated pixel is after executing: 'model' "
+                           "carries the model's predicted distribution (visual foresight); 'registration' re-finds "
+                           "it in the camera frame (planning.tracking, images only); 'true' restarts it at the "
+                           "simulator's object pixel (for comparison)")
     last_weight: float = spec(10.0, min=0.0, help="weight of the plan's last step in the cost")
+    spread_weight: float = spec(0.0, min=0.0, help="weight of each designated-pixel distribution's spread (std, "
+                                                   "pixels) in the cost: makes leaked mass cost more than it gains")
     amp: str = spec("off", choices=("off", "bf16"), help="bf16 autocast for the model's predictions")
 
 
@@ -206,7 +213,9 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
     h, w = predictor.image_size if predictor else (H, W)
     to_model_pixels = lambda p: torch.as_tensor(datasets.scale_points(p, (H, W), (h, w)), dtype=torch.float32)  # noqa: E731
     dist = evaluation.delta_distribution(to_model_pixels(task.designated)[None], h, w)[0]  # (K, h, w)
-    cost = DesignatedPixelCost(to_model_pixels(task.goals), (h, w), last_weight=suite.mpc.last_weight)
+    tracker = ColorTracker(obs, task.designated) if planner == "model" and suite.mpc.track == "registration" else None
+    cost = DesignatedPixelCost(to_model_pixels(task.goals), (h, w), last_weight=suite.mpc.last_weight,
+                               spread_weight=suite.mpc.spread_weight)
     goal_t = torch.as_tensor(task.goals, dtype=torch.float32)
     video, plan_seconds, model_before, replans = [], 0.0, predictor.seconds if predictor else 0.0, 0
     predicted_frames = None
@@ -240,16 +249,18 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
         for j, action in enumerate(executed):
             obs, _, _, _, info = env.step(action)
             frames.append(obs), past.append(np.asarray(action, np.float32))
+            tracked = tracker.update(obs) if tracker is not None else None
             if record:
                 shown = predicted_dists[0, j] if planner == "model" else None
                 video.append(_panel(obs, info["points"][:K], task.goals, shown,
                                     predicted_frames[0, j] if planner == "model" else None))
         t += n
         if planner == "model":
-            if suite.mpc.redesignate:
-                dist = evaluation.delta_distribution(to_model_pixels(info["points"][:K])[None], h, w)[0]
-            else:
+            if suite.mpc.track == "model":
                 dist = predicted_dists[0, len(executed) - 1]
+            else:
+                found = tracked if suite.mpc.track == "registration" else info["points"][:K]
+                dist = evaluation.delta_distribution(to_model_pixels(found)[None], h, w)[0]
     final = info["points"][:K].astype(np.float64)
     distances = np.linalg.norm(final - task.goals, axis=-1)
     return Outcome(
