@@ -6,6 +6,9 @@ Writes benchmarks/results/plan.json. Steps:
      (train/plan_point_push.toml) trained, if missing (--reuse keeps an existing run);
   2. plan/point_push.toml with the model, random actions and the oracle (CEM on the true simulator),
      its tasks spread over --workers processes of one thread each;
+  2b. the model planner again with each other way of knowing where the designated pixel is after executing
+     (mpc.track: 'model' carries the model's prediction, 'registration' re-finds it in the camera image,
+     'true' restarts it at the simulator's pixel), on --tasks-tracking tasks;
   3. plan/point_push_2obj.toml with the same model (it has seen one block only) and plan/arm_push.toml
      with the oracle and random actions (no ArmPush video model is trained here), on fewer tasks;
   4. seconds per replanning step in one process with all cores, at visual foresight's CEM settings
@@ -13,7 +16,7 @@ Writes benchmarks/results/plan.json. Steps:
      the Train issue's model at the environment's time scale (15 predicted 64x64 frames per sample),
      the planning model (5 predicted 32x32 frames per sample), bf16 autocast, fewer samples.
 
-    python benchmarks/plan.py [--reuse] [--workers 2] [--tasks N] [--tasks-other 10]
+    python benchmarks/plan.py [--reuse] [--workers 2] [--tasks N] [--tasks-other 10] [--tasks-tracking 20]
 """
 from __future__ import annotations
 
@@ -73,6 +76,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--tasks", type=int, default=None, help="tasks of plan/point_push.toml (default: the suite's 50)")
     ap.add_argument("--tasks-other", type=int, default=10, help="tasks of the two-object and ArmPush suites")
+    ap.add_argument("--tasks-tracking", type=int, default=20,
+                    help="tasks of plan/point_push.toml for each other mpc.track mode (0: skip)")
     ap.add_argument("--skip-suites", action="store_true",
                     help="only the speed measurements; the suites' figures are read from their last run")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -107,6 +112,19 @@ def main() -> None:
         summary_file = results_dir / name / "summary.json"  # with --skip-suites: the last run's
         if summary_file.exists():
             result[name] = suite_figures(json.loads(summary_file.read_text()), planners)
+    suite = recipes.load(mpc.SuiteRecipe, REPO / "plan" / "point_push.toml")
+    if args.tasks_tracking:
+        result["tracking"] = {"suite_default": suite.mpc.track}
+        for track in mpc.TRACKING:
+            if track == suite.mpc.track:
+                continue
+            out = results_dir / f"point_push_track_{track}"
+            if not args.skip_suites:
+                sh(EXE, "plan", str(REPO / "plan" / "point_push.toml"), "--planners", "model", "--model", str(run),
+                   "--workers", str(args.workers), "--videos", "3", "--no-progress", "--out", str(out),
+                   "--set", f"tasks={args.tasks_tracking}", "--set", f"mpc.track={track!r}")
+            if (out / "summary.json").exists():
+                result["tracking"][track] = suite_figures(json.loads((out / "summary.json").read_text()), ["model"])["model"]
     if "point_push" in result:
         pp = result["point_push"]
         result.update({"success": pp["model"]["success"], "success_random": pp["random"]["success"],
@@ -115,7 +133,6 @@ def main() -> None:
 
     # speed, one process
     torch.set_num_threads(args.threads)
-    suite = recipes.load(mpc.SuiteRecipe, REPO / "plan" / "point_push.toml")
     model, learner, resolved, _ = training.load_run(run)
     predictor = mpc.VideoPredictor(model, learner.settings.context, trained_env=resolved["dataset"]["env"])
     with_cem = lambda s, **cem: recipes.from_dict(  # noqa: E731

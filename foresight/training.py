@@ -44,6 +44,9 @@ class TrainSettings:
     steps: int = spec(3000, min=1, help="optimizer steps")
     batch_size: int = spec(16, min=1, help="global batch (split across torchrun processes)")
     lr: float = spec(1e-3, min=0.0)
+    lr_decay_steps: int = spec(0, min=0, help="the last N steps anneal lr to 0 along a half cosine (constant "
+                                              "before, so a run resumed with more steps matches one trained at once); "
+                                              "0 = constant")
     grad_clip: float = spec(1.0, min=0.0, help="max gradient norm; 0 = off")
     context: int = spec(2, min=1, help="ground-truth frames the model sees before predicting")
     horizon: int = spec(10, min=1, help="frames predicted after the context")
@@ -597,6 +600,14 @@ def resolve_paths(recipe: TrainRecipe, recipe_path: Path) -> tuple[Path, Path]:
     return data, recipe_path.parent.resolve() / "runs" / recipe.name
 
 
+def learning_rate(s: TrainSettings, step: int) -> float:
+    """lr at ``step`` (0-based): constant, then a half cosine to 0 over the last ``lr_decay_steps``."""
+    start = s.steps - s.lr_decay_steps
+    if s.lr_decay_steps == 0 or step < start:
+        return s.lr
+    return 0.5 * s.lr * (1 + math.cos(math.pi * (step - start) / s.lr_decay_steps))
+
+
 def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, run: Path | None = None,
           progress: bool = True) -> Path:
     """Train (or resume) the run of ``recipe``; return the run folder."""
@@ -606,6 +617,9 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
     run = Path(run) if run else default_run
     s = recipe.train
     source = str(recipe_path)
+    if s.lr_decay_steps > s.steps:
+        raise ForesightError(f"{source}: key 'train.lr_decay_steps': expected at most train.steps = {s.steps}, "
+                             f"got {s.lr_decay_steps}")
 
     store = datasets.EpisodeStore(data_dir)
     shapes = store.manifest["shapes"]
@@ -690,6 +704,8 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
                 raise ForesightError(f"training diverged at step {step}: loss is {loss.item()}; the last good "
                                      f"checkpoint (step {last_good}) is kept in {run / 'checkpoint'}; lower "
                                      f"train.lr or set train.grad_clip and resume")
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(s, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if s.grad_clip > 0:

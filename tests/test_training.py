@@ -174,3 +174,25 @@ def test_model_image_size_area_resizes_the_data(workdir):
     assert len(result["psnr"]) == 4
     with pytest.raises(ForesightError, match="key 'model.image_size'"):
         training.train(recipe(workdir, "badsize", "model.image_size=[15, 15]")[0], path, progress=False)
+
+
+def test_lr_decay_anneals_the_last_steps_and_resumes_exactly(workdir):
+    """lr is constant, then falls along a half cosine over the last lr_decay_steps; a run stopped before the
+    decay and resumed with it matches one trained at once (the schedule is a function of the step)."""
+    s = training.TrainSettings(steps=10, lr=1.0, lr_decay_steps=4)
+    lrs = [training.learning_rate(s, t) for t in range(10)]
+    assert lrs[:6] == [1.0] * 6 and lrs[6] == 1.0 and lrs[8] == pytest.approx(0.5) and 0 < lrs[9] < 0.2
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    r, path = recipe(workdir, "decayed", "train.lr_decay_steps=3")
+    straight = training.train(r, path, progress=False)
+    r3, path3 = recipe(workdir, "decayed_halves", "train.steps=3")
+    halves = training.train(r3, path3, progress=False)
+    r6, _ = recipe(workdir, "decayed_halves", "train.lr_decay_steps=3")
+    training.train(r6, path3, resume=True, progress=False)
+    a, b = weights(straight), weights(halves)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = weights(training.train(*recipe(workdir, "undecayed"), progress=False))
+    assert not all(torch.equal(a[k], plain[k]) for k in a)
+    bad, bad_path = recipe(workdir, "bad_decay", "train.lr_decay_steps=7")
+    with pytest.raises(ForesightError, match=r"bad_decay.toml: key 'train.lr_decay_steps': expected at most"):
+        training.train(bad, bad_path, progress=False)
