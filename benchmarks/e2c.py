@@ -45,9 +45,14 @@ SYSTEMS = {  # benchmark key: (recipe stem, data recipe, suite)
 PLANS = {"e2c": ("cem", "ilqr"), "vae": ("cem",)}
 
 
+THREADS = {"n": 1}  # torch / BLAS threads of every training and planning run (--threads)
+
+
 def sh(*args: str) -> None:
     print("$", " ".join(args), flush=True)
-    subprocess.run(args, check=True, cwd=REPO)
+    n = str(THREADS["n"])
+    env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}  # what torch's thread pool sizes itself by
+    subprocess.run(args, check=True, cwd=REPO, env=env)
 
 
 def exe() -> str:
@@ -61,7 +66,7 @@ def ensure_data(recipe: str) -> None:
     r = recipes.load(collect.CollectRecipe, REPO / recipe)
     manifest = REPO / Path(recipe).parent / r.name / "manifest.json"
     if not manifest.exists() or not json.loads(manifest.read_text()).get("complete"):
-        sh(exe(), "collect", str(REPO / recipe), "--workers", str(min(2, os.cpu_count() or 1)), "--no-progress")
+        sh(exe(), "collect", str(REPO / recipe), "--workers", str(THREADS["n"]), "--no-progress")
 
 
 def train(recipe: str, name: str, seed: int, reuse: bool, overrides: list[str]) -> tuple[Path, float]:
@@ -164,6 +169,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of every training recipe (a quick check: --set train.steps=20)")
     ap.add_argument("--out", default=str(HERE / "results" / "e2c.json"))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads of each run; runs go one at a time (default 1: the other core stays free)")
     args = ap.parse_args()
     systems = args.systems.split(",")
     unknown = sorted(set(systems) - {*SYSTEMS, "point_push"})
@@ -171,6 +178,9 @@ def main() -> None:
         ap.error(f"--systems: unknown {unknown}" if unknown else "--seeds and --pairs must be >= 1")
 
     import foresight  # noqa: F401  (environments, EGL)
+
+    THREADS["n"] = max(1, args.threads)
+    torch.set_num_threads(THREADS["n"])  # the planning in this process
 
     plans = REPO / "plan" / "results" / "e2c_benchmark"
     out = Path(args.out)
