@@ -29,8 +29,9 @@ def trained_run(recipe: str, data_recipe: str, reuse: bool, workers: int) -> tup
     if not manifest.exists() or not json.loads(manifest.read_text())["complete"]:
         sh(EXE, "collect", str(REPO / data_recipe), "--workers", str(workers), "--no-progress")
     if reuse and training.checkpoint_dir(run):
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return run, max(r.get("seconds", 0) for r in rows) / 60
+        seconds = [r["seconds"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "seconds" in r]
+        # a resumed run restarts its clock: add up the segments
+        return run, sum(a for a, b in zip(seconds, seconds[1:] + [0.0]) if b < a) / 60
     shutil.rmtree(run, ignore_errors=True)
     start = time.perf_counter()
     sh(EXE, "train", str(recipe_path), "--no-progress")

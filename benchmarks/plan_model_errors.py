@@ -1,0 +1,120 @@
+"""How much of a planning model's promise comes true: the first replan of each task, model vs simulator.
+
+A planner exploits its model: among hundreds of scored action sequences, CEM keeps those the model thinks
+are best, and a model's errors are over-represented among them. This measures that gap in a minute or two,
+without running whole MPC episodes, so a new planning model can be judged before a full benchmarks/plan.py:
+at the start of each of the first --tasks tasks of plan/point_push.toml,
+
+  model plan   CEM with the suite's settings scoring the model's designated-pixel cost
+  oracle plan  the same CEM scoring the simulator's object pixels
+
+and for each plan, the designated object's progress toward its goal over the plan (start distance minus
+final distance, camera pixels) as the model predicts it (expected position of the carried distribution) and
+as the simulator gives it. A model that plans well promises about what it delivers on its own plans; the
+"hallucinated" share counts model plans promising >= 2 px of progress that deliver < 0.5 px.
+
+    python benchmarks/plan_model_errors.py [--model train/runs/plan_point_push] [--tasks 20]
+
+Writes benchmarks/results/plan_model_errors.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(REPO / "train" / "runs" / "plan_point_push"))
+    ap.add_argument("--suite", default=str(REPO / "plan" / "point_push.toml"))
+    ap.add_argument("--tasks", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(HERE / "results" / "plan_model_errors.json"))
+    args = ap.parse_args()
+
+    import foresight  # noqa: F401
+    from foresight import datasets, evaluation, recipes, training
+    from foresight.collect import make_env
+    from foresight.planning import mpc
+    from foresight.planning.cem import CEM
+    from foresight.planning.costs import DesignatedPixelCost, step_weights
+
+    torch.set_num_threads(args.threads)
+    model, learner, resolved, _ = training.load_run(args.model)
+    predictor = mpc.VideoPredictor(model, learner.settings.context, trained_env=resolved["dataset"]["env"])
+    suite = recipes.load(mpc.SuiteRecipe, args.suite)
+    env = make_env(suite.env, suite.env_kwargs, args.suite)
+    u = env.unwrapped
+    tasks = mpc.make_tasks(suite, env, args.suite)[:args.tasks]
+    h, w = predictor.image_size
+    rows, cols = torch.arange(h).float().view(h, 1), torch.arange(w).float().view(1, w)
+    low, high = env.action_space.low, env.action_space.high
+    per_task = []
+    for task in tqdm(tasks, desc="first replans", dynamic_ncols=True):
+        obs, _ = env.reset(seed=task.seed, options=suite.reset_options)
+        H, W = obs.shape[:2]
+        to_model = lambda p: torch.as_tensor(datasets.scale_points(p, (H, W), (h, w)), dtype=torch.float32)  # noqa: E731
+        dist = evaluation.delta_distribution(to_model(task.designated)[None], h, w)[0]
+        cost = DesignatedPixelCost(to_model(task.goals), (h, w), last_weight=suite.mpc.last_weight,
+                                   spread_weight=suite.mpc.spread_weight)
+        ctx, past = predictor.frames([obs] * predictor.context), torch.zeros(predictor.context - 1, *low.shape)
+        goals = torch.as_tensor(task.goals, dtype=torch.float32)
+        K = len(task.designated)
+        weights = step_weights(suite.cem.horizon * suite.cem.repeat, suite.mpc.last_weight)
+
+        def true_points(actions):  # (N, T, K, 2) camera pixels
+            return torch.as_tensor(u.rollout_points(actions.numpy()))[:, :, :K]
+
+        def oracle_score(actions):
+            return ((true_points(actions) - goals).norm(dim=-1).sum(-1) * weights).sum(-1)
+
+        def model_score(actions):
+            return cost(predictor(ctx, past, actions, dist)[1])
+
+        start = float(np.linalg.norm(task.designated - task.goals, axis=-1).mean())
+        row = {"task": task.index, "start_distance": round(start, 3)}
+        for name, score in (("model_plan", model_score), ("oracle_plan", oracle_score)):
+            plan = CEM(suite.cem, low, high).plan(score).best[None]
+            _, d = predictor(ctx, past, plan, dist)  # (1, T, K, h, w)
+            expected = torch.stack([(d[0, -1] * rows).sum((-1, -2)), (d[0, -1] * cols).sum((-1, -2))], -1)  # (K, 2)
+            predicted = torch.as_tensor(datasets.scale_points(expected.numpy(), (h, w), (H, W)))
+            true = true_points(plan)[0, -1]
+            row[name] = {"promised_px": round(start - float((predicted - goals).norm(dim=-1).mean()), 3),
+                         "delivered_px": round(start - float((true - goals).norm(dim=-1).mean()), 3),
+                         "final_error_px": round(float((predicted - true).norm(dim=-1).mean()), 3)}
+        per_task.append(row)
+    env.close()
+
+    def mean(plan, key):
+        return round(float(np.mean([r[plan][key] for r in per_task])), 3)
+
+    result = {"date": date.today().isoformat(),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                         f"{args.threads} thread(s)",
+              "model": str(Path(args.model).resolve().relative_to(REPO)) if Path(args.model).resolve().is_relative_to(REPO)
+              else args.model,
+              "suite": str(Path(args.suite).name), "tasks": len(per_task)}
+    for plan in ("model_plan", "oracle_plan"):
+        result[plan] = {k: mean(plan, k) for k in ("promised_px", "delivered_px", "final_error_px")}
+    result["model_plan"]["hallucinated"] = round(float(np.mean(
+        [r["model_plan"]["promised_px"] >= 2 and r["model_plan"]["delivered_px"] < 0.5 for r in per_task])), 3)
+    result["per_task"] = per_task
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "per_task"}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
