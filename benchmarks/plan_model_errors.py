@@ -37,7 +37,7 @@ REPO = HERE.parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(REPO / "train" / "runs" / "plan_point_push"))
+    ap.add_argument("--model", default="train/runs/plan_point_push", help="a run folder (relative to the repository)")
     ap.add_argument("--suite", default=str(REPO / "plan" / "point_push.toml"))
     ap.add_argument("--tasks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
@@ -52,7 +52,7 @@ def main() -> None:
     from foresight.planning.costs import DesignatedPixelCost, step_weights
 
     torch.set_num_threads(args.threads)
-    model, learner, resolved, _ = training.load_run(args.model)
+    model, learner, resolved, _ = training.load_run(REPO / args.model)
     predictor = mpc.VideoPredictor(model, learner.settings.context, trained_env=resolved["dataset"]["env"])
     suite = recipes.load(mpc.SuiteRecipe, args.suite)
     env = make_env(suite.env, suite.env_kwargs, args.suite)
@@ -103,8 +103,7 @@ def main() -> None:
     result = {"date": date.today().isoformat(),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                          f"{args.threads} thread(s)",
-              "model": str(Path(args.model).resolve().relative_to(REPO)) if Path(args.model).resolve().is_relative_to(REPO)
-              else args.model,
+              "model": args.model,
               "suite": str(Path(args.suite).name), "tasks": len(per_task)}
     for plan in ("model_plan", "oracle_plan"):
         result[plan] = {k: mean(plan, k) for k in ("promised_px", "delivered_px", "final_error_px")}

@@ -64,8 +64,8 @@ class DesignatedPixelCost:
         g = self.goals.view(k, 2, 1, 1)
         self.maps = torch.sqrt((rows - g[:, 0]) ** 2 + (cols - g[:, 1]) ** 2)  # (K, H, W) distance to goal k
         # (3, H, W): row, col and row^2 + col^2, whose expectations give each distribution's spread
-        self.moments = torch.stack([rows.expand(1, h, w)[0], cols.expand(1, h, w)[0], (rows ** 2 + cols ** 2)[0]])
-        self._cache = {}  # (device, dtype) -> (maps, weights, farthest) on that device
+        self.moments = torch.cat([rows.expand(1, h, w), cols.expand(1, h, w), rows ** 2 + cols ** 2])
+        self._cache = {}  # (device, dtype) -> (maps, weights, farthest, moments) on that device
 
     def __call__(self, dists: torch.Tensor) -> torch.Tensor:
         """dists (N, T, K, H, W) distributions over pixels -> (N,) costs."""
