@@ -49,7 +49,7 @@ def main() -> None:
     from foresight.collect import make_env
     from foresight.planning import mpc
     from foresight.planning.cem import CEM
-    from foresight.planning.costs import DesignatedPixelCost, step_weights
+    from foresight.planning.costs import DesignatedPixelCost
 
     torch.set_num_threads(args.threads)
     model, learner, resolved, _ = training.load_run(REPO / args.model)
@@ -71,26 +71,20 @@ def main() -> None:
                                    spread_weight=suite.mpc.spread_weight)
         ctx, past = predictor.frames([obs] * predictor.context), torch.zeros(predictor.context - 1, *low.shape)
         goals = torch.as_tensor(task.goals, dtype=torch.float32)
-        K = len(task.designated)
-        weights = step_weights(suite.cem.horizon * suite.cem.repeat, suite.mpc.last_weight)
-
-        def true_points(actions):  # (N, T, K, 2) camera pixels
-            return torch.as_tensor(u.rollout_points(actions.numpy()))[:, :, :K]
-
-        def oracle_score(actions):
-            return ((true_points(actions) - goals).norm(dim=-1).sum(-1) * weights).sum(-1)
+        cem = CEM(suite.cem, low, high)
 
         def model_score(actions):
-            return cost(predictor(ctx, past, actions, dist)[1])
+            return cost(predictor(ctx, past, cem.expand(actions), dist)[1])
 
         start = float(np.linalg.norm(task.designated - task.goals, axis=-1).mean())
         row = {"task": task.index, "start_distance": round(start, 3)}
-        for name, score in (("model_plan", model_score), ("oracle_plan", oracle_score)):
-            plan = CEM(suite.cem, low, high).plan(score).best[None]
+        for name, score in (("model_plan", model_score),
+                            ("oracle_plan", mpc.oracle_score(u, cem, task.goals, suite.mpc.last_weight))):
+            plan = cem.expand(CEM(suite.cem, low, high).plan(score).best)[None]  # a fresh search each: no warm start
             _, d = predictor(ctx, past, plan, dist)  # (1, T, K, h, w)
             expected = torch.stack([(d[0, -1] * rows).sum((-1, -2)), (d[0, -1] * cols).sum((-1, -2))], -1)  # (K, 2)
             predicted = torch.as_tensor(datasets.scale_points(expected.numpy(), (h, w), (H, W)))
-            true = true_points(plan)[0, -1]
+            true = torch.as_tensor(u.rollout_points(plan.numpy()))[0, -1, :len(goals)]
             row[name] = {"promised_px": round(start - float((predicted - goals).norm(dim=-1).mean()), 3),
                          "delivered_px": round(start - float((true - goals).norm(dim=-1).mean()), 3),
                          "final_error_px": round(float((predicted - true).norm(dim=-1).mean()), 3)}

@@ -287,11 +287,6 @@ class E2CLearner:
         return cls(E2CConfig(**resolved["model_config"]), settings, model.get("stack", cls.STACK[model["preset"]]))
 
     def build(self) -> E2C:
-        # Pixels the agent seldom visits get gradients seldom; Adam's first moment of their weights then decays
-        # geometrically (0.9 per step) into the subnormal range within ~1000 steps, and subnormal arithmetic on
-        # CPUs is slow: a planar run slowed from 26 to 66 s per 1000 steps. Flushing them to zero changes no
-        # result that matters (values below 1e-38) and keeps the step time flat.
-        torch.set_flush_denormal(True)
         return E2C(self.config)
 
     def dataset(self, root, split: str, stride: int = 1) -> FrameWindows:
@@ -644,6 +639,11 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
                 "env": store.manifest["env"], "point_names": store.manifest.get("point_names")}}
 
     device = pick_device(s.device, rank)
+    # Weights that seldom get a gradient (E2C's pixels the agent rarely visits) have Adam moments decaying
+    # geometrically (0.9 per step) into the subnormal range within ~1000 steps, and subnormal arithmetic on
+    # CPUs is slow: a planar E2C run slowed from 26 to 66 s per 1000 steps. Flushing them to zero changes no
+    # result that matters (values below 1e-38) and keeps the step time flat, for every model.
+    torch.set_flush_denormal(True)
     torch.manual_seed(s.seed)
     model = learner.build().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)

@@ -192,6 +192,18 @@ class VideoPredictor:
         return out.frames[:, self.context - 1:].float(), out.pixels.float()
 
 
+def oracle_score(sim, cem: CEM, goals: np.ndarray, last_weight: float):
+    """The oracle's score of CEM's decisions (N, H, A) -> (N,): the designated-pixel cost on the simulator's true
+    object pixels after each step (``sim.rollout_points`` from the current state), goals (K, 2) camera pixels."""
+    goals = torch.as_tensor(goals, dtype=torch.float32)
+    weights = step_weights(cem.config.horizon * cem.config.repeat, last_weight)
+
+    def score(actions):
+        points = torch.as_tensor(sim.rollout_points(cem.expand(actions).numpy()))[:, :, :len(goals)]  # (N, T, K, 2)
+        return ((points - goals).norm(dim=-1).sum(-1) * weights).sum(-1)
+    return score
+
+
 def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predictor: VideoPredictor | None = None,
              record: bool = True) -> Outcome:
     """Run one task with one planner; record a video of it when asked."""
@@ -216,7 +228,6 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
     tracker = ColorTracker(obs, task.designated) if planner == "model" and suite.mpc.track == "registration" else None
     cost = DesignatedPixelCost(to_model_pixels(task.goals), (h, w), last_weight=suite.mpc.last_weight,
                                spread_weight=suite.mpc.spread_weight)
-    goal_t = torch.as_tensor(task.goals, dtype=torch.float32)
     video, plan_seconds, model_before, replans = [], 0.0, predictor.seconds if predictor else 0.0, 0
     predicted_frames = None
     t = 0
@@ -228,11 +239,7 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
             executed = repeat_actions(torch.as_tensor(decisions), suite.cem.repeat)[:n].numpy()
         else:
             if planner == "oracle":
-                weights = step_weights(suite.cem.horizon * suite.cem.repeat, suite.mpc.last_weight)
-
-                def score(actions):  # (N, H, A) -> (N,): true object pixels after each step
-                    points = torch.as_tensor(u.rollout_points(cem.expand(actions).numpy()))[:, :, :K]  # (N, T, K, 2)
-                    return ((points - goal_t).norm(dim=-1).sum(-1) * weights).sum(-1)
+                score = oracle_score(u, cem, task.goals, suite.mpc.last_weight)
             else:
                 ctx, past_t = predictor.frames(frames[-context:]), torch.as_tensor(np.stack(past[-(context - 1):]))
 
