@@ -7,6 +7,7 @@ killed collection resumes by regenerating exactly the shards the manifest does n
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing as mp
 import queue
@@ -28,13 +29,22 @@ MOVED_PX = 2.0  # an episode "moved an object" when some object got at least thi
 
 @dataclass(frozen=True)
 class PolicyRecipe:
-    kind: str = spec("random", choices=("random", "push"),
-                     help="'random': smooth random actions; 'push': also steers toward an object part of the time")
+    kind: str = spec("random", choices=("random", "push", "planner"),
+                     help="'random': smooth random actions; 'push': also steers toward an object part of the time; "
+                          "'planner': the visual MPC of a planning suite, each episode a fresh task of the suite")
     repeat: int = spec(3, min=1, help="each sampled action is held for this many steps")
     smoothing: float = spec(0.5, min=0.0, max=0.99, help="correlation between successive sampled actions")
     scale: float = spec(1.0, min=0.0, max=1.0, help="fraction of the action range that random actions span")
     push_fraction: float = spec(0.7, min=0.0, max=1.0, help="share of episodes that steer toward an object")
     steer_prob: float = spec(0.6, min=0.0, max=1.0, help="in a steering episode, chance that an action segment steers")
+    suite: str = spec("", help="kind 'planner': the planning suite (relative to the recipe) whose goals, CEM and MPC "
+                               "settings the episodes use")
+    planner: str = spec("oracle", choices=("oracle", "model"),
+                        help="kind 'planner': 'oracle' plans with the simulator (what a model should learn to "
+                             "predict), 'model' with a trained video model (the plans it gets wrong)")
+    model: str = spec("", help="kind 'planner' with planner 'model': the training run (relative to the recipe)")
+    replan_every: int = spec(0, min=0, help="kind 'planner': steps executed between plans (0 = the suite's "
+                                            "mpc.replan_every); fewer plans, cheaper data")
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,8 @@ class ExplorationPolicy:
 def run_episode(env: gym.Env, recipe: CollectRecipe, index: int) -> dict[str, np.ndarray]:
     """Episode ``index`` of the dataset, as arrays in the dataset layout."""
     rng = np.random.default_rng([recipe.seed, index])
+    if recipe.policy.kind == "planner":
+        return run_planner_episode(env, recipe, index, rng)
     seed = int(rng.integers(2**31))
     options = recipe.reset_options if recipe.reset_options and rng.random() < recipe.reset_fraction else None
     obs, info = env.reset(seed=seed, options=options)
@@ -112,6 +124,82 @@ def run_episode(env: gym.Env, recipe: CollectRecipe, index: int) -> dict[str, np
         frames.append(obs), actions.append(action), states.append(info["state"]), points.append(info["points"])
     return {"frames": np.stack(frames).astype(np.uint8), "actions": np.stack(actions).astype(np.float32),
             "states": np.stack(states).astype(np.float32), "points": np.stack(points).astype(np.float32)}
+
+
+def run_planner_episode(env: gym.Env, recipe: CollectRecipe, index: int, rng: np.random.Generator) -> dict:
+    """A planner's episode: a fresh task of the policy's suite (its reset seed and goal drawn from ``rng``),
+    planned and executed by the suite's visual MPC for ``recipe.steps`` steps, with a CEM seed of its own.
+    Data of the plans a planner makes, which random exploration seldom shows (going round the block,
+    pushes aimed at a goal) and, from a model's planner, the plans its errors led to."""
+    from foresight.planning import mpc
+
+    suite, predictor = _planner(recipe.policy)
+    near = bool(recipe.reset_options) and rng.random() < recipe.reset_fraction
+    mpc_settings = suite.mpc if not recipe.policy.replan_every else \
+        dataclasses.replace(suite.mpc, replan_every=recipe.policy.replan_every)
+    suite = dataclasses.replace(suite, steps=recipe.steps, reset_options=recipe.reset_options if near else {},
+                                cem=dataclasses.replace(suite.cem, seed=int(rng.integers(2**31))), mpc=mpc_settings)
+    task = mpc.make_task(suite, env, index, rng, recipe.policy.suite)
+    outcome = mpc.run_task(env, task, suite, recipe.policy.planner, predictor, record=False, keep_episode=True)
+    e = outcome.episode
+    return {"frames": e["frames"].astype(np.uint8), "actions": e["actions"].astype(np.float32),
+            "states": e["states"].astype(np.float32), "points": e["points"].astype(np.float32)}
+
+
+def _import_planner(recipe: CollectRecipe) -> None:
+    """torch (with torchvision) must be imported before the first MuJoCo EGL context: imported after it,
+    it crashes the process (segmentation fault in torchvision's import)."""
+    if recipe.policy.kind == "planner":
+        from foresight.planning import mpc  # noqa: F401
+
+
+_PLANNERS: dict = {}  # (suite, model) -> (suite recipe, predictor): loaded once per process
+
+
+def _planner(policy: PolicyRecipe):
+    from foresight import recipes, training
+    from foresight.planning import mpc
+
+    key = (policy.suite, policy.model if policy.planner == "model" else "")
+    if key not in _PLANNERS:
+        suite = recipes.load(mpc.SuiteRecipe, policy.suite)
+        predictor = None
+        if policy.planner == "model":
+            model, learner, resolved, _ = training.load_run(policy.model)
+            predictor = mpc.VideoPredictor(model, learner.settings.context, trained_env=resolved["dataset"]["env"])
+        _PLANNERS[key] = (suite, predictor)
+    return _PLANNERS[key]
+
+
+def _resolve_planner(recipe: CollectRecipe, env: gym.Env, source: str) -> CollectRecipe:
+    """Kind 'planner': the suite and model paths made absolute (relative to the recipe file) and checked
+    against the recipe's environment, so workers anywhere load the same planner."""
+    from foresight import recipes
+    from foresight.planning import mpc
+
+    p = recipe.policy
+    base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
+    if not p.suite:
+        raise ForesightError(f"{source}: key 'policy.suite': kind 'planner' needs a planning suite, e.g. "
+                             f"suite = \"../plan/point_push.toml\"")
+    suite_path = (base / p.suite).resolve()
+    suite = recipes.load(mpc.SuiteRecipe, suite_path)
+    if (suite.env, suite.env_kwargs) != (recipe.env, recipe.env_kwargs):
+        raise ForesightError(f"{source}: key 'policy.suite': {suite_path} plans in {suite.env} {suite.env_kwargs}, "
+                             f"the recipe collects {recipe.env} {recipe.env_kwargs}; they must be the same")
+    model = ""
+    if p.planner == "model":
+        if not p.model:
+            raise ForesightError(f"{source}: key 'policy.model': planner 'model' needs a training run, e.g. "
+                                 f"model = \"../train/runs/plan_point_push\"")
+        model = str((base / p.model).resolve())
+        _PLANNERS.pop((str(suite_path), model), None)
+        suite_, predictor = _planner(dataclasses.replace(p, suite=str(suite_path), model=model))
+        predictor.check_env(recipe.env, recipe.env_kwargs, env, f"{source}: key 'policy.model'")
+    elif not hasattr(env.unwrapped, "rollout_points"):
+        raise ForesightError(f"{source}: key 'policy.planner': the oracle needs an environment that can roll out "
+                             f"its objects' pixels, and {recipe.env} cannot (use 'model')")
+    return dataclasses.replace(recipe, policy=dataclasses.replace(p, suite=str(suite_path), model=model))
 
 
 def object_moved(points: np.ndarray, threshold: float = MOVED_PX) -> bool:
@@ -130,6 +218,7 @@ def collect(recipe: CollectRecipe, out: str | Path, workers: int = 1, source: st
     out = Path(out)
     if workers < 1:
         raise ForesightError(f"--workers: expected an integer >= 1, got {workers}")
+    _import_planner(recipe)
     env = make_env(recipe.env, recipe.env_kwargs, source)
     if recipe.policy.kind == "push" and not hasattr(env.unwrapped, "steer_toward"):
         raise ForesightError(f"{source}: key 'policy.kind': 'push' needs an environment that can steer toward objects, "
@@ -139,7 +228,9 @@ def collect(recipe: CollectRecipe, out: str | Path, workers: int = 1, source: st
             env.reset(seed=0, options=recipe.reset_options)
         except ForesightError as e:
             raise ForesightError(f"{source}: key 'reset_options': {e}") from None
-    header = _header(recipe, env)
+    header = _header(recipe, env)  # the recipe as written: the manifest holds no paths of this machine
+    if recipe.policy.kind == "planner":
+        recipe = _resolve_planner(recipe, env, source)
     env.close()
 
     out.mkdir(parents=True, exist_ok=True)
@@ -192,6 +283,7 @@ def collect(recipe: CollectRecipe, out: str | Path, workers: int = 1, source: st
 
 def write_shard(recipe: CollectRecipe, j: int, out: Path, on_episode=None) -> dict:
     """Generate shard ``j`` into a temporary file and publish it with an atomic rename."""
+    _import_planner(recipe)
     env = make_env(recipe.env, recipe.env_kwargs)
     episodes = shard_plan(recipe)[j]
     moved = 0

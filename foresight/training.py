@@ -63,12 +63,16 @@ class TrainSettings:
     device: str = spec("auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     amp: str = spec("off", choices=("off", "bf16"), help="bf16 autocast for the forward pass")
     seed: int = spec(0, min=0)
+    init: str = spec("", help="a training run (relative to the recipe) whose weights start this one (fine-tuning; "
+                              "a fresh optimizer); its model must have this recipe's shapes")
 
 
 @dataclass(frozen=True)
 class TrainRecipe:
     name: str = spec(help="run name; the run lands in <recipe folder>/runs/<name>/")
     data: str = spec(help="dataset folder, relative to the recipe file")
+    data_mix: tuple[str, ...] = spec((), help="more dataset folders (relative to the recipe) whose training "
+                                              "episodes join data's; validation stays on data's")
     model: dict = spec({}, help="'kind' plus the model's options")
     train: TrainSettings = spec(TrainSettings())
 
@@ -520,7 +524,8 @@ def load_run(run: str | Path, device: str = "cpu"):
     ckpt = checkpoint_dir(run)
     if ckpt is None:
         raise ForesightError(f"{run}: has no checkpoint yet")
-    recipe = recipes.from_dict(TrainRecipe, {k: v for k, v in resolved.items() if k in ("name", "data", "model", "train")},
+    recipe = recipes.from_dict(TrainRecipe, {k: v for k, v in resolved.items()
+                                             if k in ("name", "data", "data_mix", "model", "train")},
                                source=str(run / "recipe.json"))
     learner = learner_from_resolved(resolved, recipe)
     model = learner.build()
@@ -540,6 +545,7 @@ def export_run(run: str | Path, dest: str | Path) -> Path:
         raise ForesightError(f"{run}: has no checkpoint to export")
     resolved = json.loads((run / "recipe.json").read_text())
     resolved["data"] = Path(resolved["data"]).name  # no paths of the machine that trained it
+    resolved["data_mix"] = [Path(d).name for d in resolved.get("data_mix", [])]
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "checkpoint").mkdir(parents=True)
@@ -594,10 +600,13 @@ def pick_device(name: str, rank: int) -> torch.device:
 
 def resolve_paths(recipe: TrainRecipe, recipe_path: Path) -> tuple[Path, Path]:
     """(dataset folder, run folder): relative paths are relative to the recipe file, not the shell."""
-    data = Path(recipe.data)
-    if not data.is_absolute():
-        data = (recipe_path.parent / data).resolve()
-    return data, recipe_path.parent.resolve() / "runs" / recipe.name
+    return relative_to(recipe_path, recipe.data), recipe_path.parent.resolve() / "runs" / recipe.name
+
+
+def relative_to(recipe_path: Path, path: str) -> Path:
+    """A path a recipe names: relative to the recipe file, not the shell."""
+    path = Path(path)
+    return path if path.is_absolute() else (Path(recipe_path).parent / path).resolve()
 
 
 def learning_rate(s: TrainSettings, step: int) -> float:
@@ -634,7 +643,14 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
         resolved = json.loads((run / "recipe.json").read_text())
         learner = learner_from_resolved(resolved, recipe)
     learner.check_data(shapes, str(data_dir))
-    resolved = {**recipes.to_dict(recipe), "data": str(data_dir), "kind": learner.kind,
+    mix_dirs = [relative_to(recipe_path, d) for d in recipe.data_mix]
+    for d in mix_dirs:
+        try:
+            learner.check_data(datasets.read_manifest(d)["shapes"], f"{source}: key 'data_mix': {d}")
+        except ForesightError as e:
+            raise ForesightError(str(e) if "data_mix" in str(e) else f"{source}: key 'data_mix': {e}") from None
+    resolved = {**recipes.to_dict(recipe), "data": str(data_dir), "data_mix": [str(d) for d in mix_dirs],
+                "kind": learner.kind,
                 "model_config": dataclasses.asdict(learner.config), "dataset": {"shapes": shapes,
                 "env": store.manifest["env"], "point_names": store.manifest.get("point_names")}}
 
@@ -655,17 +671,26 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise ForesightError(f"{ckpt / 'optimizer.pt'}: cannot restore the optimizer ({e})") from None
         step = json.loads((ckpt / "state.json").read_text())["step"]
+    elif s.init:
+        init = relative_to(recipe_path, s.init)
+        start = checkpoint_dir(init)
+        if start is None:
+            raise ForesightError(f"{source}: key 'train.init': {init} is not a training run with a checkpoint")
+        load_state_dict(model, start / "model.pt")
     net = LossModule(model)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     if hasattr(learner, "dataset"):  # a learner may hold its (small) dataset in memory
-        train_set, val_set = learner.dataset(data_dir, "train"), learner.dataset(data_dir, "val", learner.window)
+        train_sets = [learner.dataset(d, "train") for d in (data_dir, *mix_dirs)]
+        val_set = learner.dataset(data_dir, "val", learner.window)
     else:
         size = learner.config.image_size
-        train_set = datasets.WindowDataset(data_dir, learner.window, "train", s.val_fraction, s.seed, image_size=size)
+        train_sets = [datasets.WindowDataset(d, learner.window, "train", s.val_fraction, s.seed, image_size=size)
+                      for d in (data_dir, *mix_dirs)]
         val_set = datasets.WindowDataset(data_dir, learner.window, "val", s.val_fraction, s.seed,
                                          stride=learner.window, image_size=size)
+    train_set = train_sets[0] if len(train_sets) == 1 else torch.utils.data.ConcatDataset(train_sets)
     if len(val_set) == 0:
         val_set = train_set
     loader = torch.utils.data.DataLoader(

@@ -245,3 +245,69 @@ def test_reset_options_start_episodes_as_the_recipe_says(tmp_path, reference, re
     (reference / "manifest.json").write_text(json.dumps(manifest))
     more = collect.collect(load(recipe_file, "episodes=26"), reference, progress=False)
     assert len(datasets.EpisodeStore(more)) == 26
+
+
+PLANNER_SUITE = """
+name = "s"
+env = "foresight/PointPush-v0"
+tasks = 1
+goal_min_px = 8.0
+goal_max_px = 12.0
+reset_options = { pusher_near = 0.02 }
+[env_kwargs]
+image_size = 32
+action_repeat = 3
+[cem]
+samples = 100
+elites = 10
+iterations = 3
+horizon = 5
+repeat = 1
+"""
+
+
+def planner_recipe(tmp_path, suite_env="image_size = 32", **policy):  # 10 steps of 3 control steps each
+    (tmp_path / "suites").mkdir(exist_ok=True)
+    (tmp_path / "suites" / "s.toml").write_text(PLANNER_SUITE.replace("image_size = 32", suite_env))
+    fields = {"kind": '"planner"', "suite": '"suites/s.toml"', "replan_every": "5", **policy}
+    p = tmp_path / "planned.toml"
+    p.write_text('name = "planned"\nenv = "foresight/PointPush-v0"\nepisodes = 4\nsteps = 10\nseed = 5\nshard_size = 2\n'
+                 'reset_options = { pusher_near = 0.02 }\n[env_kwargs]\nimage_size = 32\naction_repeat = 3\n[policy]\n'
+                 + "".join(f"{k} = {v}\n" for k, v in fields.items()))
+    return p
+
+
+def test_planner_policy_collects_the_oracles_episodes_identically_for_any_worker_count(tmp_path):
+    """policy kind 'planner': each episode is a fresh task of the suite, planned by its MPC (here the oracle);
+    the episodes push the block (random actions from the same starts seldom do in 10 steps), and 1 or 2
+    workers write the same bytes; the suite path is relative to the recipe, not the shell."""
+    p = planner_recipe(tmp_path)
+    one = collect.collect(load(p), tmp_path / "one", workers=1, source=str(p), progress=False)
+    two = collect.collect(load(p), tmp_path / "two", workers=2, source=str(p), progress=False)
+    assert shard_digests(one) == shard_digests(two)
+    store = datasets.EpisodeStore(one)
+    ep = store.episode(0)
+    assert ep["frames"].shape == (11, 32, 32, 3) and ep["actions"].shape == (10, 2) and ep["points"].shape == (11, 1, 2)
+    moved = [np.linalg.norm(store.read(i, "points")[-1] - store.read(i, "points")[0]) for i in range(4)]
+    rand = collect.collect(load(p, "policy.kind='random'"), tmp_path / "rand", source=str(p), progress=False)
+    rstore = datasets.EpisodeStore(rand)
+    moved_random = [np.linalg.norm(rstore.read(i, "points")[-1] - rstore.read(i, "points")[0]) for i in range(4)]
+    assert np.mean(moved) > np.mean(moved_random) + 1.0, (moved, moved_random)
+    assert datasets.read_manifest(one)["recipe"]["policy"]["suite"] == "suites/s.toml"  # as written
+
+
+def test_planner_policy_bad_inputs_name_the_key(tmp_path):
+    with pytest.raises(ForesightError, match="key 'policy.suite': kind 'planner' needs a planning suite"):
+        p = planner_recipe(tmp_path, suite='""')
+        collect.collect(load(p), tmp_path / "a", source=str(p), progress=False)
+    with pytest.raises(ForesightError, match=r"key 'policy.suite': .*s.toml plans in foresight/PointPush-v0 "
+                                             r"\{'image_size': 64, 'action_repeat': 3\}, the recipe collects"):
+        p = planner_recipe(tmp_path, suite_env="image_size = 64")
+        collect.collect(load(p), tmp_path / "b", source=str(p), progress=False)
+    with pytest.raises(ForesightError, match="key 'policy.model': planner 'model' needs a training run"):
+        p = planner_recipe(tmp_path, planner='"model"')
+        collect.collect(load(p), tmp_path / "c", source=str(p), progress=False)
+    with pytest.raises(ForesightError, match="not a training run"):
+        p = planner_recipe(tmp_path, planner='"model"', model='"runs/none"')
+        collect.collect(load(p), tmp_path / "d", source=str(p), progress=False)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "d").exists()

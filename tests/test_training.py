@@ -196,3 +196,40 @@ def test_lr_decay_anneals_the_last_steps_and_resumes_exactly(workdir):
     bad, bad_path = recipe(workdir, "bad_decay", "train.lr_decay_steps=7")
     with pytest.raises(ForesightError, match=r"bad_decay.toml: key 'train.lr_decay_steps': expected at most"):
         training.train(bad, bad_path, progress=False)
+
+
+def test_init_starts_from_another_runs_weights(workdir):
+    """train.init loads a run's weights and trains on with a fresh optimizer: at lr 0 they stay the same."""
+    base = training.train(*recipe(workdir, "base", "train.steps=2"), progress=False)
+    frozen = training.train(*recipe(workdir, "tuned", "train.steps=1", "train.lr=0.0", "train.init='runs/base'"),
+                            progress=False)
+    a, b = weights(base), weights(frozen)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh = weights(training.train(*recipe(workdir, "fresh", "train.steps=1", "train.lr=0.0"), progress=False))
+    assert not all(torch.equal(a[k], fresh[k]) for k in a)
+    with pytest.raises(ForesightError, match=r"key 'train.init': .*nowhere is not a training run"):
+        training.train(*recipe(workdir, "noinit", "train.init='runs/nowhere'"), progress=False)
+
+
+def test_data_mix_joins_more_datasets_to_the_training_windows(workdir, tmp_path, monkeypatch):
+    """data_mix: the mixed dataset's training episodes are batched with data's; a mismatched one is an error."""
+    other = workdir / "more.toml"
+    other.write_text(DATA.replace('name = "planar_seq"', 'name = "planar_more"').replace("seed = 11", "seed = 12"))
+    collect.collect(recipes.load(collect.CollectRecipe, other), workdir / "planar_more", progress=False)
+    sizes = []
+    real = training.StepBatches.__init__
+
+    def spy(self, n, *args, **kwargs):
+        sizes.append(n)
+        real(self, n, *args, **kwargs)
+
+    monkeypatch.setattr(training.StepBatches, "__init__", spy)
+    training.train(*recipe(workdir, "alone", "train.steps=1"), progress=False)
+    run = training.train(*recipe(workdir, "mixed", "train.steps=1", "data_mix=['planar_more']"), progress=False)
+    assert sizes[1] == 2 * sizes[0]  # same episode count and length: twice the windows
+    assert json.loads((run / "recipe.json").read_text())["data_mix"] == [str(workdir / "planar_more")]
+    pp = tmp_path / "pp.toml"
+    pp.write_text('name = "pp"\nenv = "foresight/PointPush-v0"\nepisodes = 2\nsteps = 7\n[env_kwargs]\nimage_size = 32\n')
+    collect.collect(recipes.load(collect.CollectRecipe, pp), tmp_path / "pp", progress=False)
+    with pytest.raises(ForesightError, match=r"key 'data_mix': .*pp: images are 32x32x3, the model expects 40x40x1"):
+        training.train(*recipe(workdir, "badmix", f"data_mix=['{tmp_path / 'pp'}']"), progress=False)

@@ -85,6 +85,7 @@ class Outcome:
     seconds_per_replan: float
     model_seconds_per_replan: float
     video: list[np.ndarray] = field(default_factory=list, repr=False)
+    episode: dict | None = field(default=None, repr=False)
 
     def summary(self) -> dict:
         return {"task": self.task.index, "seed": self.task.seed, "designated": self.task.designated.tolist(),
@@ -95,27 +96,28 @@ class Outcome:
 
 def make_tasks(suite: SuiteRecipe, env: gym.Env, source: str = "suite") -> list[Task]:
     """The seeded tasks of a suite: start states, designated pixels and goal pixels."""
+    return [make_task(suite, env, i, np.random.default_rng([suite.seed, i]), source) for i in range(suite.tasks)]
+
+
+def make_task(suite: SuiteRecipe, env: gym.Env, index: int, rng: np.random.Generator, source: str = "suite") -> Task:
+    """One task drawn with ``rng``: its reset seed, then (for offset goals) its goal pixels."""
     if suite.goal_min_px > suite.goal_max_px:
         raise ForesightError(f"{source}: key 'goal_min_px': must be <= goal_max_px ({suite.goal_max_px}), "
                              f"got {suite.goal_min_px}")
-    tasks = []
-    for i in range(suite.tasks):
-        rng = np.random.default_rng([suite.seed, i])
-        seed = int(rng.integers(2**31))
-        obs, info = env.reset(seed=seed, options=suite.reset_options)
-        H, W = obs.shape[:2]
-        if suite.designated > len(info["points"]):
-            raise ForesightError(f"{source}: key 'designated': {suite.env} tracks {len(info['points'])} object(s), "
-                                 f"got {suite.designated}")
-        designated = info["points"][:suite.designated].astype(np.float64)
-        if suite.goal == "env":
-            if "goal_pixel" not in info:
-                raise ForesightError(f"{source}: key 'goal': {suite.env} has no goal pixel; use goal = 'offset'")
-            goals = np.asarray(info["goal_pixel"], dtype=np.float64).reshape(1, 2).repeat(suite.designated, 0)
-        else:
-            goals = np.stack([_offset_goal(p, suite, H, W, rng, source) for p in designated])
-        tasks.append(Task(i, seed, designated, goals))
-    return tasks
+    seed = int(rng.integers(2**31))
+    obs, info = env.reset(seed=seed, options=suite.reset_options)
+    H, W = obs.shape[:2]
+    if suite.designated > len(info["points"]):
+        raise ForesightError(f"{source}: key 'designated': {suite.env} tracks {len(info['points'])} object(s), "
+                             f"got {suite.designated}")
+    designated = info["points"][:suite.designated].astype(np.float64)
+    if suite.goal == "env":
+        if "goal_pixel" not in info:
+            raise ForesightError(f"{source}: key 'goal': {suite.env} has no goal pixel; use goal = 'offset'")
+        goals = np.asarray(info["goal_pixel"], dtype=np.float64).reshape(1, 2).repeat(suite.designated, 0)
+    else:
+        goals = np.stack([_offset_goal(p, suite, H, W, rng, source) for p in designated])
+    return Task(index, seed, designated, goals)
 
 
 def _offset_goal(point, suite: SuiteRecipe, H: int, W: int, rng, source: str) -> np.ndarray:
@@ -205,8 +207,10 @@ def oracle_score(sim, cem: CEM, goals: np.ndarray, last_weight: float):
 
 
 def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predictor: VideoPredictor | None = None,
-             record: bool = True) -> Outcome:
-    """Run one task with one planner; record a video of it when asked."""
+             record: bool = True, keep_episode: bool = False) -> Outcome:
+    """Run one task with one planner; record a video of it when asked, and with ``keep_episode`` the
+    episode in the dataset layout (``Outcome.episode``: frames, actions, states, points; a planner's
+    own data for training, ``collect`` policy kind 'planner')."""
     if planner not in PLANNERS:
         raise ForesightError(f"planner: expected one of {PLANNERS}, got {planner!r}")
     if planner == "model" and predictor is None:
@@ -229,6 +233,7 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
     cost = DesignatedPixelCost(to_model_pixels(task.goals), (h, w), last_weight=suite.mpc.last_weight,
                                spread_weight=suite.mpc.spread_weight)
     video, plan_seconds, model_before, replans = [], 0.0, predictor.seconds if predictor else 0.0, 0
+    episode = {"frames": [obs], "actions": [], "states": [info["state"]], "points": [info["points"]]}
     predicted_frames = None
     t = 0
     while t < suite.steps:
@@ -256,6 +261,10 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
         for j, action in enumerate(executed):
             obs, _, _, _, info = env.step(action)
             frames.append(obs), past.append(np.asarray(action, np.float32))
+            if keep_episode:
+                for key, value in (("frames", obs), ("actions", action), ("states", info["state"]),
+                                   ("points", info["points"])):
+                    episode[key].append(value)
             tracked = tracker.update(obs) if tracker is not None else None
             if record:
                 shown = predicted_dists[0, j] if planner == "model" else None
@@ -276,7 +285,7 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
         final_distance=float(distances.mean()), success=bool((distances <= suite.success_px).all()),
         replans=replans, seconds_per_replan=plan_seconds / max(replans, 1),
         model_seconds_per_replan=((predictor.seconds - model_before) / max(replans, 1)) if predictor else 0.0,
-        video=video)
+        video=video, episode={k: np.stack(v) for k, v in episode.items()} if keep_episode else None)
 
 
 def _panel(frame, points, goals, dist, predicted) -> np.ndarray:
