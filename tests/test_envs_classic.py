@@ -186,34 +186,100 @@ def pendulum_at(state, **kwargs):
     return env, obs, info
 
 
-def test_pendulum_follows_the_semi_implicit_euler_formula():
-    th, w = 0.3, -0.5
-    env, _, _ = pendulum_at([th, w])
-    for _ in range(20):
-        _, reward, _, _, _ = env.step(np.zeros(1, np.float32))
-        assert reward == pytest.approx(-(th**2 + 0.1 * w**2))
-        w = w + 3 * 9.81 / 2 * math.sin(th) * 0.05
-        th = th + w * 0.05
-        th = math.remainder(th, 2 * math.pi)  # the env keeps theta in (-pi, pi]
-        assert np.allclose(env.get_sim_state(), [th, w], rtol=0, atol=1e-12)
-    assert abs(w) > 5  # it fell through the bottom, angle wrapped and all
+# PCC's pendulum (mdp/pendulum_mdp.py, mdp/pole_base.py), written out here independently of the environment
+PCC_G, PCC_MASS, PCC_LENGTH, PCC_DT = 9.81, 0.1, 0.5, 1 / 50
+PCC_INERTIA = PCC_MASS * PCC_LENGTH**2 / 3
+
+
+def pcc_derivative(y, u):
+    return np.array([y[1], (PCC_MASS * PCC_G * PCC_LENGTH * math.sin(math.pi - y[0]) - u) / PCC_INERTIA])
+
+
+def fine_step(th, w, u, n=4000):
+    """One PCC step by the explicit midpoint rule in n sub-steps (error ~1e-10): a different integrator."""
+    y, h = np.array([th, w], dtype=np.float64), PCC_DT / n
+    for _ in range(n):
+        y = y + h * pcc_derivative(y + 0.5 * h * pcc_derivative(y, u), u)
+    return y
+
+
+def test_pendulum_step_matches_an_independent_fine_integration_of_pccs_equation():
+    rng = np.random.default_rng(0)
+    for th, w, u in [(0.3, -0.5, 0.0), (2.9, 0.0, 0.65), (-1.2, 7.0, -1.0), *rng.uniform([-3, -9, -1], [3, 9, 1], (5, 3))]:
+        env, _, _ = pendulum_at([th, w])
+        _, reward, _, _, _ = env.step(np.array([u], np.float32))
+        assert reward == pytest.approx(-(th**2 + 0.1 * w**2 + 0.001 * float(np.float32(u)) ** 2))
+        want = fine_step(th, w, float(np.float32(u)))
+        got = env.get_sim_state()
+        assert math.remainder(got[0] - want[0], 2 * math.pi) == pytest.approx(0.0, abs=1e-7)
+        assert got[1] == pytest.approx(want[1], abs=1e-6)  # no clipping from these states
+
+
+def test_pendulum_first_step_from_rest_is_the_analytic_small_dt_value():
+    # from rest theta(dt) = theta0 + a dt^2 / 2 + O(dt^4 ...), omega(dt) = a dt + O(dt^3), a = 3 g / l sin(theta0) - 3 u / (m l^2)
+    for th, u in [(0.2, 0.0), (2.9, 0.65), (-1.0, 0.3)]:
+        a = 3 * 9.81 / 0.5 * math.sin(th) - 3 * u / (0.1 * 0.5**2)
+        env, _, _ = pendulum_at([th, 0.0])
+        env.step(np.array([u], np.float32))
+        got = env.get_sim_state()
+        assert got[1] == pytest.approx(a * 0.02, rel=0.02)
+        assert got[0] - th == pytest.approx(a * 0.02**2 / 2, rel=0.02)
+
+
+def test_pendulum_signs_gravity_pulls_away_from_upright_and_positive_torque_turns_negative():
+    env, _, _ = pendulum_at([0.1, 0.0])
+    env.step(np.zeros(1, np.float32))
+    assert env.get_sim_state()[1] > 0  # falls further from upright
+    env, _, _ = pendulum_at([0.0, 0.0])
+    env.step(np.array([0.5], np.float32))
+    assert env.get_sim_state()[1] < 0  # PCC: minus the torque
+    # the largest gravity torque m g l = 0.49 is below the protocol's 0.65: even horizontal the push wins
+    env, _, _ = pendulum_at([math.pi / 2, 0.0], max_torque=0.65)
+    env.step(np.array([0.65], np.float32))
+    assert env.get_sim_state()[1] < 0
+
+
+def test_pendulum_swing_up_is_reachable_under_the_protocol():
+    # PCC / PC3's swing-up: start at rest in [2.83, 2.98], torque <= 0.65, goal |theta| <= pi / 6 in 100 steps
+    for th0 in (2.83, 2.98):
+        env, _, _ = pendulum_at([th0, 0.0], max_torque=0.65)
+        for step in range(1, 101):
+            env.step(np.array([0.65], np.float32))
+            if abs(env.get_sim_state()[0]) <= math.pi / 6:
+                break
+        assert step <= 20, step
 
 
 def test_pendulum_energy_is_conserved_without_torque():
-    # rod about its end: w^2 / 2 + (3 g / 2 l) cos(theta) is constant; semi-implicit Euler keeps it near
+    # E = I w^2 / 2 + m g l cos(theta), I = m l^2 / 3: constant without torque (RK4 keeps it to ~1e-7)
     def energy(s):
-        return s[1] ** 2 / 2 + 3 * 9.81 / 2 * math.cos(s[0])
+        return PCC_INERTIA * s[1] ** 2 / 2 + PCC_MASS * PCC_G * PCC_LENGTH * math.cos(s[0])
 
     env, _, _ = pendulum_at([math.pi - 0.4, 0.0])
     e0 = energy(env.get_sim_state())
     swing = []
-    for _ in range(200):
+    for _ in range(300):
         env.step(np.zeros(1, np.float32))
         s = env.get_sim_state()
         swing.append(s[0])
-        assert energy(s) == pytest.approx(e0, abs=0.02 * abs(e0))
+        assert energy(s) == pytest.approx(e0, abs=1e-5 * abs(e0))
     swing = np.mod(np.array(swing), 2 * np.pi)  # around pi: it swings both sides of the bottom
-    assert swing.min() < math.pi - 0.35 and swing.max() > math.pi + 0.35
+    assert swing.min() < math.pi - 0.39 and swing.max() > math.pi + 0.39
+
+
+def test_pendulum_matches_scipy_solve_ivp_as_pcc_integrates_when_scipy_is_there():
+    integrate = pytest.importorskip("scipy.integrate")
+    rng = np.random.default_rng(1)
+    env = PendulumEnv()
+    for _ in range(50):
+        th, w, u = rng.uniform([-math.pi, -3 * math.pi, -1], [math.pi, 3 * math.pi, 1])
+        env.set_sim_state([th, w])
+        env.step(np.array([u], np.float32))
+        y = integrate.solve_ivp(lambda t, y: pcc_derivative(y, float(np.float32(u))), [0, PCC_DT], [th, w]).y[:, -1]
+        y = [math.remainder(y[0], 2 * math.pi), np.clip(y[1], -3 * math.pi, 3 * math.pi)]
+        got = env.get_sim_state()
+        assert math.remainder(got[0] - y[0], 2 * math.pi) == pytest.approx(0.0, abs=1e-7)
+        assert got[1] == pytest.approx(y[1], abs=1e-6)
 
 
 def test_pendulum_angle_zero_draws_the_rod_above_the_centre():
@@ -248,19 +314,21 @@ def test_pendulum_tip_lies_at_the_end_of_the_drawn_rod():
 
 
 def test_pendulum_speed_and_torque_are_clipped():
-    env, _, _ = pendulum_at([0.0, 7.9])
+    env, _, _ = pendulum_at([0.0, 9.3])  # upright, turning positive: gravity speeds it up past 3 pi
     for _ in range(5):
-        _, _, _, _, info = env.step(np.array([2.0], np.float32))
-    assert env.get_sim_state()[1] == 8.0
+        env.step(np.array([-1.0], np.float32))
+    assert env.get_sim_state()[1] == 3 * math.pi
     with pytest.raises(ForesightError, match="omega"):
-        pendulum_at([0.0, 9.0])
+        pendulum_at([0.0, 9.5])
 
-    env, _, _ = pendulum_at([1.0, 0.5], max_torque=1.0)
-    assert env.action_space.high[0] == 1.0 and env.action_space.low[0] == -1.0
+    env = PendulumEnv()
+    assert env.action_space.high[0] == 1.0 and env.action_space.low[0] == -1.0  # PCC's default torque
+    env, _, _ = pendulum_at([1.0, 0.5], max_torque=0.65)
+    assert env.action_space.high[0] == np.float32(0.65)
     env.step(np.array([5.0], np.float32))
     clipped = env.get_sim_state()
     env.set_sim_state([1.0, 0.5])
-    env.step(np.array([1.0], np.float32))
+    env.step(np.array([0.65]))  # float64: the limit exactly
     assert np.array_equal(env.get_sim_state(), clipped)
     assert gym.make("foresight/Pendulum-v0", max_torque=0.5).action_space.high[0] == 0.5
     with pytest.raises(ForesightError, match="max_torque"):
@@ -274,15 +342,15 @@ def test_pendulum_angle_is_normalised_and_resets_are_in_range():
     env.step(np.zeros(1, np.float32))
     th = env.get_sim_state()[0]
     assert -math.pi < th <= math.pi and th < 0  # went over the bottom
-    env = PendulumEnv()
-    states = np.array([env.reset(seed=s)[1]["state"] for s in range(300)])
+    env = PendulumEnv()  # PCC's sampler: angle in [-pi, pi], speed in [-3 pi, 3 pi]
+    states = np.array([env.reset(seed=s)[1]["state"] for s in range(300)], dtype=np.float64)
     assert states[:, 0].min() < -2.8 and states[:, 0].max() > 2.8 and np.all(np.abs(states[:, 0]) <= math.pi)
-    assert np.all(np.abs(states[:, 1]) <= 1.0) and states[:, 1].std() > 0.4
-    fast = PendulumEnv(reset_speed=8.0)
-    speeds = np.array([fast.reset(seed=s)[1]["state"][1] for s in range(300)])
-    assert np.all(np.abs(speeds) <= 8.0) and np.abs(speeds).max() > 7.0
-    for bad in (-1.0, 9.0, True, "fast"):
-        with pytest.raises(ForesightError, match=r"reset_speed must be a number in \[0, 8.0\]"):
+    assert np.all(np.abs(states[:, 1]) <= 3 * math.pi) and np.abs(states[:, 1]).max() > 9.0
+    slow = PendulumEnv(reset_speed=1.0)
+    speeds = np.array([slow.reset(seed=s)[1]["state"][1] for s in range(300)])
+    assert np.all(np.abs(speeds) <= 1.0) and speeds.std() > 0.4
+    for bad in (-1.0, 9.5, True, "fast"):
+        with pytest.raises(ForesightError, match=r"reset_speed must be a number in \[0, 3 pi"):
             PendulumEnv(reset_speed=bad)
 
 

@@ -1,7 +1,8 @@
-"""Inverted pendulum: the Embed-to-Control swing-up system (Watter et al. 2015), as set up in PCC / PC3.
+"""Inverted pendulum: the Embed-to-Control swing-up system (Watter et al. 2015), as PCC / PC3 set it up.
 
-gymnasium's classic Pendulum dynamics with g = 9.81, seen as a 48x48 grey image of the rod. Pure
-numpy, thousands of frames per second.
+The pendulum of PCC's ``mdp/pendulum_mdp.py`` (Levine et al. 2020; PC3, Shu et al. 2020 use the same): a rod
+of mass 0.1 and length 0.5 under g = 9.81, dt = 0.02, seen as a 48x48 grey image of the rod. Pure numpy and
+Python floats, thousands of frames per second.
 """
 import math
 import numbers
@@ -14,14 +15,16 @@ from foresight.errors import ForesightError
 
 SIZE = 48
 CENTRE = (SIZE - 1) / 2  # the pivot, (23.5, 23.5) in (row, col): the middle of the image
-ROD_LENGTH = 22.0  # pixels from the pivot to the tip
+ROD_LENGTH = 22.0  # pixels from the pivot to the tip (PCC: width / 2 - 2)
 ROD_WIDTH = 4.0
-MAX_SPEED = 8.0
-DT = 0.05
-G = 9.81
-M = 1.0
-L = 1.0
-
+MAX_SPEED = 3 * math.pi  # rad/s; the speed is clipped to [-MAX_SPEED, MAX_SPEED] after every step
+G = 9.81  # PCC's earth_gravity
+M = 0.1  # pend_mass
+L = 0.5  # length
+INERTIA = M * L**2 / 3  # PCC's moment of inertia (a rod about its end)
+DT = 0.02  # 1 / frequency, frequency 50
+SUBSTEPS = 4  # fixed-step RK4 sub-steps per step, torque held (PCC: solve_ivp's RK45 over the step)
+DEFAULT_TORQUE = 1.0  # PCC's default torque limit; the swing-up protocol uses 0.65
 _ROWS, _COLS = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)  # pixel centres, (SIZE, SIZE) each
 
 
@@ -55,36 +58,69 @@ def render_angle(theta):
     return np.rint(cover * 255.0).astype(np.uint8)[:, :, None]
 
 
-class PendulumEnv(gym.Env):
-    """The E2C pendulum: torque-limited swing-up, seen as a 48x48 grey image of the rod.
+def acceleration(theta, torque):
+    """PCC's angular acceleration: ``(m g l sin(pi - theta) - torque) / (m l^2 / 3)``; theta = 0 is upright.
 
-    - dynamics (gymnasium's Pendulum, semi-implicit Euler, dt = 0.05, g = 9.81, m = l = 1):
-      ``omega += (3 g / (2 l) sin(theta) + 3 / (m l^2) u) dt``, clipped to [-8, 8], then
-      ``theta += omega dt``, normalised to (-pi, pi]. theta = 0 is upright.
+    Gravity pulls the rod away from upright (the same sign as theta); a positive torque turns it toward
+    negative angles. Python floats in and out.
+    """
+    return (M * G * L * math.sin(math.pi - theta) - torque) / INERTIA
+
+
+def integrate(theta, omega, torque, dt=DT, substeps=SUBSTEPS):
+    """(theta, omega) after ``dt`` seconds with the torque held: classic RK4, ``substeps`` equal sub-steps.
+
+    No wrapping or clipping here (``PendulumEnv.step`` does those after the step, as PCC does after
+    solve_ivp). With the default 4 sub-steps of 5 ms this matches PCC's ``solve_ivp`` (RK45, default
+    tolerances) to within 2e-8 rad and 3e-7 rad/s per step (2000 random states and torques), 3e-6 over
+    100-step trajectories; each is within 1e-8 rad and 2e-7 rad/s of a 1e-12-tolerance DOP853 solution.
+    """
+    h = dt / substeps
+    th, w = float(theta), float(omega)
+    for _ in range(substeps):
+        k1t, k1w = w, acceleration(th, torque)
+        k2t, k2w = w + 0.5 * h * k1w, acceleration(th + 0.5 * h * k1t, torque)
+        k3t, k3w = w + 0.5 * h * k2w, acceleration(th + 0.5 * h * k2t, torque)
+        k4t, k4w = w + h * k3w, acceleration(th + h * k3t, torque)
+        th += h / 6 * (k1t + 2 * k2t + 2 * k3t + k4t)
+        w += h / 6 * (k1w + 2 * k2w + 2 * k3w + k4w)
+    return th, w
+
+
+class PendulumEnv(gym.Env):
+    """The E2C pendulum of PCC / PC3: torque-limited swing-up, seen as a 48x48 grey image of the rod.
+
+    - dynamics (PCC's ``PendulumMDP``): state ``(theta, omega)``, theta = 0 upright;
+      ``theta'' = (m g l sin(pi - theta) - u) / (m l^2 / 3)`` with g = 9.81, m = 0.1, l = 0.5 (`acceleration`),
+      integrated over dt = 0.02 s with the torque held (RK4, 4 sub-steps: `integrate`; PCC uses solve_ivp),
+      then theta wrapped to (-pi, pi] and omega clipped to [-3 pi, 3 pi]. The largest gravity torque,
+      m g l = 0.49, is below the swing-up protocol's torque limit 0.65: the rod can be pushed up directly.
     - observation: ``uint8 (48, 48, 1)``: a white anti-aliased bar of width 4 and length 22 from
       the image centre (pixel (23.5, 23.5)) towards ``(23.5 - 22 cos theta, 23.5 - 22 sin theta)``:
-      up at theta = 0, counter-clockwise on screen for positive theta (as gymnasium draws it).
+      up at theta = 0, counter-clockwise on screen for positive theta.
       One frame shows no velocity: models and planners on this system observe two consecutive
       frames (the E2C model stacks them); the environment's own observation is one frame.
-    - action: ``float32 (1,)`` torque in ``[-max_torque, max_torque]`` (default 2), clipped to it.
-    - state ``(theta, omega)``; ``info["points"]`` is the tip's pixel ``(1, 2)`` (row, col).
-    - ``reset()`` draws theta uniform in [-pi, pi) and omega uniform in [-reset_speed, reset_speed] (default 1,
-      gymnasium's; data for swing-up models wants up to the speed limit 8, as the PCC samplers cover);
-      ``reset(options={"state": [theta, omega]})`` sets them (|omega| <= 8).
-    - reward: minus gymnasium's cost ``theta^2 + 0.1 omega^2 + 0.001 u^2`` (at the state before the
-      step); the episode never terminates or truncates (add a TimeLimit for episodes).
+    - action: ``float32 (1,)`` torque in ``[-max_torque, max_torque]`` (default 1, PCC's; the swing-up protocol
+      uses 0.65), clipped to it.
+    - ``info["state"]`` is ``(theta, omega)``; ``info["points"]`` is the tip's pixel ``(1, 2)`` (row, col).
+    - ``reset()`` draws theta uniform in [-pi, pi) and omega uniform in [-reset_speed, reset_speed] (default
+      3 pi, the whole speed range, as PCC's random-state sampler draws data);
+      ``reset(options={"state": [theta, omega]})`` sets them (|omega| <= 3 pi).
+    - reward: minus ``theta^2 + 0.1 omega^2 + 0.001 u^2`` (gymnasium's pendulum cost, at the state before the
+      step; PCC's MDP has none); the episode never terminates or truncates (add a TimeLimit for episodes).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(round(1 / DT))}
     point_names = ["tip"]
 
-    def __init__(self, render_mode="rgb_array", max_torque=2.0, reset_speed=1.0):
+    def __init__(self, render_mode="rgb_array", max_torque=DEFAULT_TORQUE, reset_speed=MAX_SPEED):
         if render_mode != "rgb_array":
             raise ForesightError(f"PendulumEnv: render_mode must be 'rgb_array', got {render_mode!r}")
         if isinstance(max_torque, bool) or not (isinstance(max_torque, numbers.Real) and np.isfinite(max_torque) and max_torque > 0):
             raise ForesightError(f"PendulumEnv: max_torque must be a positive number, got {max_torque!r}")
         if isinstance(reset_speed, bool) or not (isinstance(reset_speed, numbers.Real) and 0 <= reset_speed <= MAX_SPEED):
-            raise ForesightError(f"PendulumEnv: reset_speed must be a number in [0, {MAX_SPEED}], got {reset_speed!r}")
+            raise ForesightError(f"PendulumEnv: reset_speed must be a number in [0, 3 pi = {MAX_SPEED:.6f}], "
+                                 f"got {reset_speed!r}")
         self.render_mode = render_mode
         self.max_torque = float(max_torque)
         self.reset_speed = float(reset_speed)
@@ -105,7 +141,7 @@ class PendulumEnv(gym.Env):
         s = np.array(s, dtype=np.float64).reshape(-1)
         if s.shape != (2,) or not np.all(np.isfinite(s)) or abs(s[1]) > MAX_SPEED:
             raise ForesightError(
-                f"PendulumEnv: {what} must be 2 finite numbers (theta, omega) with |omega| <= {MAX_SPEED}, "
+                f"PendulumEnv: {what} must be 2 finite numbers (theta, omega) with |omega| <= 3 pi, "
                 f"got {s.tolist()}"
             )
         return np.array([wrap_angle(s[0]), s[1]])
@@ -130,10 +166,8 @@ class PendulumEnv(gym.Env):
         u = min(max(float(a[0]), -self.max_torque), self.max_torque)
         th, w = float(self._state[0]), float(self._state[1])
         cost = th**2 + 0.1 * w**2 + 0.001 * u**2
-        w = w + (3 * G / (2 * L) * math.sin(th) + 3.0 / (M * L**2) * u) * DT
-        w = min(max(w, -MAX_SPEED), MAX_SPEED)
-        th = wrap_angle(th + w * DT)
-        self._state = np.array([th, w])
+        th, w = integrate(th, w, u)
+        self._state = np.array([wrap_angle(th), min(max(w, -MAX_SPEED), MAX_SPEED)])
         return self.render(), float(-cost), False, False, self._info()
 
     def render(self):
