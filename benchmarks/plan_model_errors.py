@@ -68,7 +68,7 @@ def main() -> None:
         to_model = lambda p: torch.as_tensor(datasets.scale_points(p, (H, W), (h, w)), dtype=torch.float32)  # noqa: E731
         dist = evaluation.delta_distribution(to_model(task.designated)[None], h, w)[0]
         cost = DesignatedPixelCost(to_model(task.goals), (h, w), last_weight=suite.mpc.last_weight,
-                                   spread_weight=suite.mpc.spread_weight)
+                                   spread_weight=suite.mpc.spread_weight, sharpen=suite.mpc.sharpen)
         ctx, past = predictor.frames([obs] * predictor.context), torch.zeros(predictor.context - 1, *low.shape)
         goals = torch.as_tensor(task.goals, dtype=torch.float32)
         cem = CEM(suite.cem, low, high)

@@ -17,6 +17,11 @@ A planner exploits model errors: a plan whose prediction lets a tenth of the des
 away on the passing pusher toward the goal lowers E_P[d] by a tenth of the distance, although the block never
 moved. Such a leak spreads the distribution (its std grows by ~sqrt(0.1) of the distance), while a real push
 moves the whole distribution and leaves its spread alone; beta ~ 1 makes the leak cost more than it gains.
+
+Sharpening (``sharpen`` = s >= 1): the expectation is taken under P^s / sum P^s instead of P. Leaked mass is
+diffuse (a smear along the pusher's path) and the object's own mass is concentrated, so raising P to a power
+keeps the object's blob and all but drops the smear: the cost follows where most of the object is predicted
+to be, not its mean, which a leak drags toward the goal. s = 1 is visual foresight's cost.
 """
 from __future__ import annotations
 
@@ -42,7 +47,8 @@ class DesignatedPixelCost:
     computed once here, so calling the cost on each of the planner's batches is one weighted sum.
     """
 
-    def __init__(self, goals, image_size, weights=None, last_weight: float = 10.0, spread_weight: float = 0.0):
+    def __init__(self, goals, image_size, weights=None, last_weight: float = 10.0, spread_weight: float = 0.0,
+                 sharpen: float = 1.0):
         self.goals = _tensor("goals", goals)  # (K, 2)
         if self.goals.dim() != 2 or self.goals.shape[1] != 2 or self.goals.shape[0] == 0:
             raise ForesightError(f"goals must have shape (K, 2) of (row, col) pixels, got {tuple(self.goals.shape)}")
@@ -57,6 +63,9 @@ class DesignatedPixelCost:
             )
         self.last_weight = _last_weight(last_weight)
         self.spread_weight = _nonnegative("spread_weight", spread_weight)
+        self.sharpen = _nonnegative("sharpen", sharpen)
+        if self.sharpen < 1:
+            raise ForesightError(f"sharpen must be a number >= 1 (1 = the plain expected distance), got {sharpen!r}")
         self.image_size = (int(image_size[0]), int(image_size[1]))
         h, w = self.image_size
         rows = torch.arange(h, dtype=torch.float32).view(1, h, 1)
@@ -76,6 +85,9 @@ class DesignatedPixelCost:
         if not dists.is_floating_point():
             raise ForesightError(f"dists must be a floating-point tensor, got {dists.dtype}")
         maps, weights, farthest, moments = self._on(dists.device, dists.dtype)
+        if self.sharpen != 1:  # P^s, renormalised below with the mass
+            peak = dists.amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(dists.dtype).tiny)
+            dists = (dists.clamp_min(0) / peak) ** self.sharpen  # scaled by the peak first: no underflow
         mass = dists.sum(dim=(-2, -1))  # (N, T, K)
         expected = torch.einsum("ntkhw,khw->ntk", dists, maps)
         # divide by the mass: a model that leaks probability off the image must not be rewarded for it;

@@ -42,6 +42,9 @@ class MPCSettings:
     last_weight: float = spec(10.0, min=0.0, help="weight of the plan's last step in the cost")
     spread_weight: float = spec(0.0, min=0.0, help="weight of each designated-pixel distribution's spread (std, "
                                                    "pixels) in the cost: makes leaked mass cost more than it gains")
+    sharpen: float = spec(1.0, min=1.0, help="the designated-pixel cost takes its expectation under P^sharpen "
+                                             "(renormalised): follows the object's blob, not mass leaked along the "
+                                             "pusher's path; 1 = visual foresight's expected distance")
     amp: str = spec("off", choices=("off", "bf16"), help="bf16 autocast for the model's predictions")
 
 
@@ -231,7 +234,7 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
     dist = evaluation.delta_distribution(to_model_pixels(task.designated)[None], h, w)[0]  # (K, h, w)
     tracker = ColorTracker(obs, task.designated) if planner == "model" and suite.mpc.track == "registration" else None
     cost = DesignatedPixelCost(to_model_pixels(task.goals), (h, w), last_weight=suite.mpc.last_weight,
-                               spread_weight=suite.mpc.spread_weight)
+                               spread_weight=suite.mpc.spread_weight, sharpen=suite.mpc.sharpen)
     video, plan_seconds, model_before, replans = [], 0.0, predictor.seconds if predictor else 0.0, 0
     episode = {"frames": [obs], "actions": [], "states": [info["state"]], "points": [info["points"]]}
     predicted_frames = None
