@@ -165,6 +165,11 @@ def _planner(policy: PolicyRecipe):
         suite = recipes.load(mpc.SuiteRecipe, policy.suite)
         predictor = None
         if policy.planner == "model":
+            import torch
+
+            # one thread: a convolution's float sums depend on the thread count, CEM's choices on those
+            # sums, and a dataset must be the same bytes for any number of worker processes
+            torch.set_num_threads(1)
             model, learner, resolved, _ = training.load_run(policy.model)
             predictor = mpc.VideoPredictor(model, learner.settings.context, trained_env=resolved["dataset"]["env"])
         _PLANNERS[key] = (suite, predictor)

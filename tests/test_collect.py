@@ -296,6 +296,25 @@ def test_planner_policy_collects_the_oracles_episodes_identically_for_any_worker
     assert datasets.read_manifest(one)["recipe"]["policy"]["suite"] == "suites/s.toml"  # as written
 
 
+def test_planner_policy_with_a_trained_model_collects_the_same_bytes_for_any_worker_count(tmp_path):
+    """planner 'model': the episodes a trained video model's MPC makes (here a tiny model trained for one step
+    on oracle episodes), identical for 1 and 2 workers."""
+    from foresight import training
+
+    p = planner_recipe(tmp_path)
+    collect.collect(load(p, "episodes=2"), tmp_path / "planned", source=str(p), progress=False)
+    (tmp_path / "tiny.toml").write_text(
+        'name = "tiny"\ndata = "planned"\n[model]\nkind = "video"\nvariant = "cdna"\nwidths = [4, 4, 8, 8, 8, 8, 4]\n'
+        'transform_kernel = 3\n[train]\nsteps = 1\nbatch_size = 2\ncontext = 2\nhorizon = 3\nval_fraction = 0.0\n'
+        'loader_workers = 0\n')
+    training.train(recipes.load(training.TrainRecipe, tmp_path / "tiny.toml"), tmp_path / "tiny.toml", progress=False)
+    m = planner_recipe(tmp_path, planner='"model"', model='"runs/tiny"')
+    one = collect.collect(load(m, "episodes=2", "shard_size=1"), tmp_path / "m1", workers=1, source=str(m), progress=False)
+    two = collect.collect(load(m, "episodes=2", "shard_size=1"), tmp_path / "m2", workers=2, source=str(m), progress=False)
+    assert shard_digests(one) == shard_digests(two)
+    assert datasets.EpisodeStore(one).episode(1)["actions"].shape == (10, 2)
+
+
 def test_planner_policy_bad_inputs_name_the_key(tmp_path):
     with pytest.raises(ForesightError, match="key 'policy.suite': kind 'planner' needs a planning suite"):
         p = planner_recipe(tmp_path, suite='""')
