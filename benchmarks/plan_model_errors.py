@@ -13,7 +13,7 @@ final distance, camera pixels) as the model predicts it (expected position of th
 as the simulator gives it. A model that plans well promises about what it delivers on its own plans; the
 "hallucinated" share counts model plans promising >= 2 px of progress that deliver < 0.5 px.
 
-    python benchmarks/plan_model_errors.py [--model train/runs/plan_point_push] [--tasks 20]
+    python benchmarks/plan_model_errors.py [--model train/runs/plan_point_push] [--tasks 20] [--set cem.samples=50]
 
 Writes benchmarks/results/plan_model_errors.json.
 """
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--suite", default=str(REPO / "plan" / "point_push.toml"))
     ap.add_argument("--tasks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite key, e.g. cem.samples=50")
     ap.add_argument("--out", default=str(HERE / "results" / "plan_model_errors.json"))
     args = ap.parse_args()
 
@@ -54,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, learner, resolved, _ = training.load_run(REPO / args.model)
     predictor = mpc.VideoPredictor(model, learner.settings.context, trained_env=resolved["dataset"]["env"])
-    suite = recipes.load(mpc.SuiteRecipe, args.suite)
+    suite = recipes.load(mpc.SuiteRecipe, args.suite, args.set)
     env = make_env(suite.env, suite.env_kwargs, args.suite)
     u = env.unwrapped
     tasks = mpc.make_tasks(suite, env, args.suite)[:args.tasks]
@@ -98,7 +99,7 @@ def main() -> None:
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                          f"{args.threads} thread(s)",
               "model": args.model,
-              "suite": str(Path(args.suite).name), "tasks": len(per_task)}
+              "suite": str(Path(args.suite).name), "overrides": args.set, "tasks": len(per_task)}
     for plan in ("model_plan", "oracle_plan"):
         result[plan] = {k: mean(plan, k) for k in ("promised_px", "delivered_px", "final_error_px")}
     result["model_plan"]["hallucinated"] = round(float(np.mean(
