@@ -328,8 +328,11 @@ def _check_same_recipe(manifest: dict, header: dict, out: Path) -> None:
     old.pop("episodes", None), new.pop("episodes", None)  # more (or fewer) episodes is a resume, not a change
     defaults = field_defaults(CollectRecipe)
     for key in sorted(set(old) | set(new)):
-        # a key added to the recipe format since the dataset was made reads as its default
-        if old.get(key, defaults.get(key)) != new.get(key):
+        # a key added to the recipe format since the dataset was made reads as its default (in tables too)
+        was = old.get(key, defaults.get(key))
+        if isinstance(was, dict) and isinstance(defaults.get(key), dict):
+            was = {**defaults[key], **was}
+        if was != new.get(key):
             raise ForesightError(f"{out / datasets.MANIFEST}: this dataset was collected with {key} = {old.get(key)!r}, "
                                  f"the recipe now says {new.get(key)!r}; collect into another --out or delete {out}")
 
