@@ -146,13 +146,6 @@ def run_planner_episode(env: gym.Env, recipe: CollectRecipe, index: int, rng: np
             "states": e["states"].astype(np.float32), "points": e["points"].astype(np.float32)}
 
 
-def _import_planner(recipe: CollectRecipe) -> None:
-    """torch (with torchvision) must be imported before the first MuJoCo EGL context: imported after it,
-    it crashes the process (segmentation fault in torchvision's import)."""
-    if recipe.policy.kind == "planner":
-        from foresight.planning import mpc  # noqa: F401
-
-
 _PLANNERS: dict = {}  # (suite, model) -> (suite recipe, predictor): loaded once per process
 
 
@@ -223,7 +216,6 @@ def collect(recipe: CollectRecipe, out: str | Path, workers: int = 1, source: st
     out = Path(out)
     if workers < 1:
         raise ForesightError(f"--workers: expected an integer >= 1, got {workers}")
-    _import_planner(recipe)
     env = make_env(recipe.env, recipe.env_kwargs, source)
     if recipe.policy.kind == "push" and not hasattr(env.unwrapped, "steer_toward"):
         raise ForesightError(f"{source}: key 'policy.kind': 'push' needs an environment that can steer toward objects, "
@@ -288,7 +280,6 @@ def collect(recipe: CollectRecipe, out: str | Path, workers: int = 1, source: st
 
 def write_shard(recipe: CollectRecipe, j: int, out: Path, on_episode=None) -> dict:
     """Generate shard ``j`` into a temporary file and publish it with an atomic rename."""
-    _import_planner(recipe)
     env = make_env(recipe.env, recipe.env_kwargs)
     episodes = shard_plan(recipe)[j]
     moved = 0

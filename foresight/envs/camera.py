@@ -31,6 +31,16 @@ def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
+def _import_torchvision_first() -> None:
+    """torchvision imported after the process's first EGL context crashes it (a segmentation fault inside
+    torchvision's import, which torchmetrics and so the planner and evaluation pull in): import it before.
+    Costs its import time once per process that renders; nothing when torchvision is absent."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        pass
+
+
 def make_renderer(model: mujoco.MjModel, height: int, width: int, max_geom: int = 500) -> mujoco.Renderer:
     """An offscreen renderer for `model` at (height, width) with shadows, multisampling,
     reflections, skybox and haze switched off, and round shapes tessellated only as finely as
@@ -45,6 +55,7 @@ def make_renderer(model: mujoco.MjModel, height: int, width: int, max_geom: int 
     # the offscreen framebuffer must hold the image; grow it, never shrink it
     model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
     model.vis.global_.offheight = max(model.vis.global_.offheight, height)
+    _import_torchvision_first()
     renderer = mujoco.Renderer(model, height=height, width=width, max_geom=max_geom)
     for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                  mujoco.mjtRndFlag.mjRND_SKYBOX, mujoco.mjtRndFlag.mjRND_HAZE):
