@@ -191,8 +191,8 @@ def _resolve_planner(recipe: CollectRecipe, env: gym.Env, source: str) -> Collec
             raise ForesightError(f"{source}: key 'policy.model': planner 'model' needs a training run, e.g. "
                                  f"model = \"../train/runs/plan_point_push\"")
         model = str((base / p.model).resolve())
-        _PLANNERS.pop((str(suite_path), model), None)
-        suite_, predictor = _planner(dataclasses.replace(p, suite=str(suite_path), model=model))
+        _PLANNERS.pop((str(suite_path), model), None)  # the run may have been retrained since this process loaded it
+        _, predictor = _planner(dataclasses.replace(p, suite=str(suite_path), model=model))
         predictor.check_env(recipe.env, recipe.env_kwargs, env, f"{source}: key 'policy.model'")
     elif not hasattr(env.unwrapped, "rollout_points"):
         raise ForesightError(f"{source}: key 'policy.planner': the oracle needs an environment that can roll out "

@@ -646,9 +646,10 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
     mix_dirs = [relative_to(recipe_path, d) for d in recipe.data_mix]
     for d in mix_dirs:
         try:
-            learner.check_data(datasets.read_manifest(d)["shapes"], f"{source}: key 'data_mix': {d}")
+            mix_shapes = datasets.read_manifest(d)["shapes"]
         except ForesightError as e:
-            raise ForesightError(str(e) if "data_mix" in str(e) else f"{source}: key 'data_mix': {e}") from None
+            raise ForesightError(f"{source}: key 'data_mix': {e}") from None
+        learner.check_data(mix_shapes, f"{source}: key 'data_mix': {d}")
     resolved = {**recipes.to_dict(recipe), "data": str(data_dir), "data_mix": [str(d) for d in mix_dirs],
                 "kind": learner.kind,
                 "model_config": dataclasses.asdict(learner.config), "dataset": {"shapes": shapes,

@@ -236,7 +236,8 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
     cost = DesignatedPixelCost(to_model_pixels(task.goals), (h, w), last_weight=suite.mpc.last_weight,
                                spread_weight=suite.mpc.spread_weight, sharpen=suite.mpc.sharpen)
     video, plan_seconds, model_before, replans = [], 0.0, predictor.seconds if predictor else 0.0, 0
-    episode = {"frames": [obs], "actions": [], "states": [info["state"]], "points": [info["points"]]}
+    episode = {"frames": [obs], "actions": [], "states": [info["state"]], "points": [info["points"]]} \
+        if keep_episode else None
     predicted_frames = None
     t = 0
     while t < suite.steps:
@@ -264,7 +265,7 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
         for j, action in enumerate(executed):
             obs, _, _, _, info = env.step(action)
             frames.append(obs), past.append(np.asarray(action, np.float32))
-            if keep_episode:
+            if episode is not None:
                 for key, value in (("frames", obs), ("actions", action), ("states", info["state"]),
                                    ("points", info["points"])):
                     episode[key].append(value)
@@ -288,7 +289,7 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
         final_distance=float(distances.mean()), success=bool((distances <= suite.success_px).all()),
         replans=replans, seconds_per_replan=plan_seconds / max(replans, 1),
         model_seconds_per_replan=((predictor.seconds - model_before) / max(replans, 1)) if predictor else 0.0,
-        video=video, episode={k: np.stack(v) for k, v in episode.items()} if keep_episode else None)
+        video=video, episode={k: np.stack(v) for k, v in episode.items()} if episode is not None else None)
 
 
 def _panel(frame, points, goals, dist, predicted) -> np.ndarray:
