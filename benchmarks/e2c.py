@@ -15,6 +15,7 @@ one E2C model, the block's final pixel distance to its place in the goal image.
 
     python benchmarks/e2c.py [--seeds 10] [--pairs 10] [--reuse] [--systems planar,swingup,point_push] [--set K=V]
     python benchmarks/e2c.py --baselines-only --systems planar,swingup   # random and oracle only, kept beside
+    python benchmarks/e2c.py --systems planar --seeds 3 --tag lam64 --set model.lam=64   # a recipe variant
 
 The issue's protocol is --seeds 10 --pairs 10 (the defaults).
 """
@@ -110,25 +111,52 @@ def baselines(key: str, pairs: int, out: Path) -> dict:
     return {p: mean_std([t["percent_in_goal"] for t in summary[p]["per_task"]]) for p in ("random", "oracle")}
 
 
-def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, overrides: list[str]) -> dict:
+def map_score(run: Path) -> float:
+    """A planar run's latent map rank correlation (training.map_rank_correlation): the figure training wrote,
+    or computed from the model for runs trained before it did."""
+    from foresight import training
+
+    saved = run / "latent_map.json"
+    if saved.exists():
+        return json.loads(saved.read_text())["map_rank_correlation"]
+    return training.map_rank_correlation(*training.planar_latent_means(training.load_run(run)[0]))
+
+
+def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, overrides: list[str],
+                     tag: str = "") -> dict:
+    from foresight import recipes
+    from foresight.planning import latent
+
     stem, data, suite = SYSTEMS[key]
     ensure_data(data)
+    goals = recipes.load(latent.LatentSuiteRecipe, REPO / suite).goal_states  # task i aims at goals[i % len]
     percent = {f"{kind}_{p}": [] for kind, ps in PLANS.items() for p in ps}  # every (model, pair) trajectory
     per_model = {k: [] for k in percent}  # each model's mean over its pairs
+    per_goal = {k: {str(g): [] for g in goals} for k in percent}
     minutes = {kind: [] for kind in PLANS}
     final_in_goal = {k: [] for k in percent}
+    maps = {kind: [] for kind in PLANS}
     for kind, planners in PLANS.items():
         for seed in range(seeds):
-            name = f"{kind}_{stem}_seed{seed}"
+            name = f"{kind}_{stem}{'_' + tag if tag else ''}_seed{seed}"
             run, m = train(f"train/{kind}_{stem}.toml", name, seed, reuse, overrides)
             minutes[kind].append(round(m, 2))
+            if key == "planar":
+                maps[kind].append(round(map_score(run), 3))
             summary = plan(run, suite, pairs, list(planners), out / key / name)
             for p in planners:
                 values = [t["percent_in_goal"] for t in summary[p]["per_task"]]
                 percent[f"{kind}_{p}"] += values
                 per_model[f"{kind}_{p}"].append(float(np.mean(values)))
                 final_in_goal[f"{kind}_{p}"].append(summary[p]["success"])
+                for t in summary[p]["per_task"]:
+                    per_goal[f"{kind}_{p}"][str(goals[t["task"] % len(goals)])].append(t["percent_in_goal"])
     result = {k: mean_std(v) for k, v in percent.items()}
+    if len(goals) > 1:  # which goals fail (planar: (37, 3) lies behind the disk at (20.5, 5.5))
+        result["per_goal"] = {k: {g: mean_std(v) for g, v in by.items()} for k, by in per_goal.items()}
+    if key == "planar":  # 1: a flat map like the E2C paper's; a folded one ~0.65-0.8
+        result["map_rank_correlation"] = maps
+    result["per_model"] = {k: [round(v, 1) for v in vs] for k, vs in per_model.items()}
     result.update({
         **baselines(key, pairs, out),
         "reference": REFERENCE[key],
@@ -142,10 +170,12 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
     return result
 
 
-def point_push_benchmark(pairs: int, reuse: bool, out: Path, overrides: list[str]) -> dict:
+def point_push_benchmark(pairs: int, reuse: bool, out: Path, overrides: list[str], tag: str = "") -> dict:
     ensure_data("data/point_push.toml")
-    run, minutes = train("train/e2c_point_push.toml", "e2c_point_push_seed0", 0, reuse, overrides)
-    summary = plan(run, "plan/point_push_goal.toml", pairs, ["cem", "ilqr", "random"], out / "point_push")
+    name = f"e2c_point_push{'_' + tag if tag else ''}_seed0"
+    run, minutes = train("train/e2c_point_push.toml", name, 0, reuse, overrides)
+    folder = out / ("point_push" + (f"_{tag}" if tag else ""))
+    summary = plan(run, "plan/point_push_goal.toml", pairs, ["cem", "ilqr", "random"], folder)
 
     def figures(s):
         return {"final_distance_px": s["mean_final_distance"], "start_distance_px": s["mean_start_distance"],
@@ -158,6 +188,17 @@ def point_push_benchmark(pairs: int, reuse: bool, out: Path, overrides: list[str
             "recipe": "train/e2c_point_push.toml", "suite": "plan/point_push_goal.toml"}
 
 
+def save(out: Path, result: dict) -> None:
+    """Merge this run's keys into the results file as it is now: two runs on different --systems (one per
+    core) may write it in turn, and neither loses the other's figures."""
+    merged = json.loads(out.read_text()) if out.exists() else {}
+    merged.update(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged, indent=1) + "\n")
+    tmp.replace(out)  # whole or not at all
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=10, help="models trained per kind and system (issue: 10)")
@@ -168,7 +209,9 @@ def main() -> None:
                     help="planar / swingup: run only random and the oracle, keeping the models' figures in the file")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of every training recipe (a quick check: --set train.steps=20)")
-    ap.add_argument("--out", default=str(HERE / "results" / "e2c.json"))
+    ap.add_argument("--tag", default="", help="a variant's name: its runs are <kind>_<system>_<tag>_seed<k> and its "
+                    "figures go to results/e2c_<tag>.json (with --set, a recipe change tried beside the default)")
+    ap.add_argument("--out", default=None, help="results file (default results/e2c.json, or e2c_<tag>.json)")
     ap.add_argument("--threads", type=int, default=1,
                     help="threads of each run; runs go one at a time (default 1: the other core stays free)")
     args = ap.parse_args()
@@ -183,8 +226,8 @@ def main() -> None:
     torch.set_num_threads(THREADS["n"])  # the planning in this process
 
     plans = REPO / "plan" / "results" / "e2c_benchmark"
-    out = Path(args.out)
-    result = json.loads(out.read_text()) if out.exists() else {}  # other systems' figures are kept
+    out = Path(args.out or HERE / "results" / (f"e2c_{args.tag}.json" if args.tag else "e2c.json"))
+    result = {}  # this run's keys; save() merges them into the file, keeping the other systems' figures
     result.update({
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -196,15 +239,14 @@ def main() -> None:
     for key in systems:
         if args.baselines_only:
             if key in SYSTEMS:
-                result[key] = {**result.get(key, {}), **baselines(key, args.pairs, plans), "reference": REFERENCE[key]}
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps(result, indent=1) + "\n")
+                old = json.loads(out.read_text()).get(key, {}) if out.exists() else {}
+                result[key] = {**old, **baselines(key, args.pairs, plans), "reference": REFERENCE[key]}
+                save(out, result)
             continue
-        result[key] = (point_push_benchmark(args.pairs, args.reuse, plans, args.set) if key == "point_push"
-                       else system_benchmark(key, args.seeds, args.pairs, args.reuse, plans, args.set))
+        result[key] = (point_push_benchmark(args.pairs, args.reuse, plans, args.set, args.tag) if key == "point_push"
+                       else system_benchmark(key, args.seeds, args.pairs, args.reuse, plans, args.set, args.tag))
         result[key]["train_overrides"] = args.set
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")  # after each system: nothing lost on a kill
+        save(out, result)  # after each system: nothing lost on a kill
     print(json.dumps(result, indent=1))
 
 

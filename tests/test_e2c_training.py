@@ -78,6 +78,7 @@ def test_tiny_e2c_learns_and_its_run_holds_samples_and_the_latent_map(workdir):
     assert {"val_psnr", "val_psnr_next", "val_psnr_copy", "val_loss"} <= set(val)
     assert (run / "samples" / "step-000150.png").exists() and not list((run / "samples").glob("*.gif"))
     assert (run / "latent_map.png").stat().st_size > 10_000
+    assert -1 <= json.loads((run / "latent_map.json").read_text())["map_rank_correlation"] <= 1
     model, learner, resolved, state = training.load_run(run)
     assert isinstance(model, E2C) and learner.kind == "e2c" and state["step"] == 150
     assert model.config.image_shape == (1, 40, 40) and model.config.encoder_widths == (64, 64)
@@ -85,10 +86,24 @@ def test_tiny_e2c_learns_and_its_run_holds_samples_and_the_latent_map(workdir):
     report = learner.evaluate(model, workdir / "planar", workdir / "eval")  # what `foresight eval` can call
     assert report["val_psnr"] > 15 and report["windows"] == len(learner.dataset(workdir / "planar", "val", 2))
     assert json.loads((workdir / "eval" / "eval.json").read_text())["windows"] == report["windows"]
-    assert (workdir / "eval" / "latent_map.png").exists()
+    assert (workdir / "eval" / "latent_map.png").exists() and -1 <= report["map_rank_correlation"] <= 1
     from foresight.cli import main
     assert main(["eval", str(run), "--out", str(workdir / "cli_eval")]) == 0  # the command dispatches to it
     assert json.loads((workdir / "cli_eval" / "eval.json").read_text())["val_psnr"] == pytest.approx(report["val_psnr"])
+
+
+def test_map_rank_correlation_scores_a_faithful_map_above_a_folded_one():
+    from foresight.envs import planar
+
+    grid = np.arange(1.5, 38.6, 1.0)
+    positions = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    positions = positions[~planar.collides(positions)]
+    rotated = positions @ np.array([[0.6, -0.8], [0.8, 0.6]]) * 0.1 + 3.0  # a rigid copy: same distances' order
+    folded = np.abs(positions - 20.0)  # the four quadrants laid on top of each other
+    noise = np.random.default_rng(1).normal(size=positions.shape)
+    assert training.map_rank_correlation(positions, rotated) == pytest.approx(1.0, abs=1e-3)  # grid ties
+    assert training.map_rank_correlation(positions, folded) < 0.8
+    assert abs(training.map_rank_correlation(positions, noise)) < 0.05
 
 
 def test_pendulum_observations_stack_two_frames(workdir):
