@@ -15,7 +15,7 @@ from foresight.errors import ForesightError
 # gymnasium's passive checker (gym.make) expects 3 channels from rgb_array; these systems are grey.
 pytestmark = pytest.mark.filterwarnings("ignore:.*last axis has three dimensions:UserWarning")
 
-PLANAR_CENTRES = [(20.5, 5.5), (20.5, 12.5), (20.5, 27.5), (20.5, 35.5), (10.5, 20.5), (30.5, 20.5)]
+PLANAR_CENTRES = [(20.5, 5.5), (20.5, 13.5), (20.5, 27.5), (20.5, 35.5), (10.5, 20.5), (30.5, 20.5)]
 
 
 @pytest.mark.parametrize("env_id", ["foresight/Planar-v0", "foresight/Pendulum-v0"])
@@ -38,11 +38,11 @@ def test_gymnasium_checker(env_id):
 
 
 def planar_valid(a, b):
-    """Independent validity check (PCC's planar MDP): the 3x3 square stays on the 40x40 map and its centre
-    out of every disk."""
+    """Independent validity check (PCC's planar MDP): the 3x3 square stays on the 40x40 map and holds no
+    obstacle centre, edges included."""
     if not (1.5 <= a <= 38.5 and 1.5 <= b <= 38.5):
         return False
-    return all(math.hypot(a - ca, b - cb) >= 2.5 for ca, cb in PLANAR_CENTRES)
+    return not any(a - 1.5 <= ca <= a + 1.5 and b - 1.5 <= cb <= b + 1.5 for ca, cb in PLANAR_CENTRES)
 
 
 def planar_at(state):
@@ -52,39 +52,44 @@ def planar_at(state):
 
 
 def test_planar_move_into_obstacle_is_blocked():
-    env, obs, _ = planar_at([16.0, 5.5])  # the centre 2 above the disk at (20.5, 5.5)
-    obs2, _, _, _, info = env.step(np.array([2.5, 0.0], np.float32))
+    env, obs, _ = planar_at([16.0, 5.5])  # the centre 4.5 above the obstacle at (20.5, 5.5)
+    obs2, _, _, _, info = env.step(np.array([3.0, 0.0], np.float32))  # would end 1.5 from it: the square's edge
     assert np.array_equal(info["state"], [16.0, 5.5]) and np.array_equal(obs2, obs)
-    _, _, _, _, info = env.step(np.array([2.0, 0.0], np.float32))  # now exactly touching: allowed
-    assert np.array_equal(info["state"], [18.0, 5.5])
+    _, _, _, _, info = env.step(np.array([2.75, 0.0], np.float32))  # ends 1.75 away: the rim of the disk, allowed
+    assert np.array_equal(info["state"], [18.75, 5.5])
+    env.set_sim_state([17.5, 8.0])
+    _, _, _, _, info = env.step(np.array([3.0, -3.0], np.float32))  # (20.5, 5.0): the centre inside the square
+    assert np.array_equal(info["state"], [17.5, 8.0])
 
 
-def test_planar_gaps_between_disks_let_the_agent_through():
-    """PCC's planar MDP: the centre is a point, so the 3-wide gap between the disks at columns 5.5 and 12.5
-    (and the one beside the map's edge) are open: a goal below the wall is reachable straight down."""
-    for column in (9.0, 2.0):
+def test_planar_gaps_between_obstacles_let_the_agent_through():
+    """Between the obstacles at columns 5.5 and 13.5 of the middle row, and beside the map's edge, the agent
+    goes straight down past the wall of disks."""
+    for column in (9.5, 2.0, 7.5):  # 7.5: over the rim of the disk at column 5.5, 2 from its centre
         env, _, _ = planar_at([17.0, column])
         for _ in range(3):
             _, _, _, _, info = env.step(np.array([3.0, 0.0], np.float32))
         assert np.array_equal(info["state"], [26.0, column])
 
 
-def test_planar_move_through_obstacle_corner_is_blocked():
-    start, action = np.array([10.5, 23.5]), np.array([3.0, -3.0], np.float32)
-    # both ends are 3 from the disk at (10.5, 20.5), but halfway the centre passes 2.1 from it
-    assert planar_valid(*start) and planar_valid(*(start + action)) and not planar_valid(12.0, 22.0)
+def test_planar_only_where_a_move_ends_counts():
+    start, action = np.array([18.0, 5.0]), np.array([1.5, 2.5], np.float32)
+    # both ends are valid, but 70% of the way the centre is (19.05, 6.75), inside the obstacle's square
+    assert planar_valid(*start) and planar_valid(*(start + action)) and not planar_valid(19.05, 6.75)
     env, _, _ = planar_at(start)
     _, _, _, _, info = env.step(action)
-    assert np.array_equal(info["state"], start)
+    assert np.array_equal(env.unwrapped.get_sim_state(), start + action.astype(np.float64))
 
 
-def test_planar_move_off_the_map_is_blocked():
+def test_planar_walls_stop_the_agent():
     env, _, _ = planar_at([2.0, 38.0])
-    for action in ([-1.0, 0.0], [0.0, 1.0], [-3.0, -3.0]):
-        _, _, _, _, info = env.step(np.array(action, np.float32))
-        assert np.array_equal(info["state"], [2.0, 38.0])
-    _, _, _, _, info = env.step(np.array([-0.5, 0.5], np.float32))  # the square reaches the corner exactly
+    _, _, _, _, info = env.step(np.array([-3.0, 3.0], np.float32))  # into the corner: stops there
     assert np.array_equal(env.unwrapped.get_sim_state(), [1.5, 38.5])
+    _, _, _, _, info = env.step(np.array([-2.0, -3.0], np.float32))  # along the top wall: slides
+    assert np.array_equal(env.unwrapped.get_sim_state(), [1.5, 35.5])
+    env.set_sim_state([37.0, 3.0])
+    _, _, _, _, info = env.step(np.array([3.0, -3.0], np.float32))
+    assert np.array_equal(env.unwrapped.get_sim_state(), [38.5, 1.5])
 
 
 def test_planar_free_move_is_exactly_the_action_and_actions_are_clipped():
@@ -159,7 +164,7 @@ def test_planar_reset_options_and_invalid_states():
             assert np.array_equal(info["state"], np.float32([a, b]))
     for goal in ([37.0, 37.0], [37.0, 3.0], [3.0, 37.0]):
         planar_at(goal)
-    for bad in ([20.5, 5.5], [18.5, 5.5], [1.0, 20.0], [20.0, 39.0]):
+    for bad in ([20.5, 5.5], [19.0, 4.0], [1.0, 20.0], [20.0, 39.0]):  # [19, 4]: the obstacle on the corner
         with pytest.raises(ForesightError, match=str(bad[0])):
             planar_at(bad)
     with pytest.raises(ForesightError, match="state"):

@@ -3,11 +3,15 @@
 An agent (a 3x3 square) moves on a 40x40 map past six round obstacles; the observation is a
 40x40 grey image. Pure numpy, thousands of frames per second.
 
-Collisions follow the PCC code's planar MDP, whose protocol the PC3 paper's figures use: the agent's centre
-(a point) must stay out of every disk of radius 2.5 along the whole move, and its square on the map. (A square
-agent, as this module first had it, closes the gaps of the middle row of disks, so a goal below the start
-needs a long detour that no cost of distance to the goal finds: the state-space oracle then reached the
-(37, 3) goal in none of its tasks.)
+Collisions follow the PCC code's planar MDP (the one PC3's control experiments run, whose figures the
+benchmark compares against): a state is invalid when the agent's square leaves the map or holds an
+obstacle's centre (its edges included), i.e. when the centre is within 1.5 of an obstacle centre in both
+coordinates; a move goes to ``clip(s + u)`` on the map (walls stop the agent) and, when that state is
+invalid, leaves the agent where it was. Only where the move ends counts. The disks (radius 2.5) are what
+the image shows, not what blocks: the agent may overlap a disk's rim. (An earlier version of this module
+blocked the centre at the disks and rejected any move leaving the map; read from a commented-out line of
+the PCC code, it made E2C's planner stall against walls and disks, the moves it chose being rejected
+whole, where PCC's walls stop an agent and let it slide along.)
 
 Coordinates. The state is the agent's centre ``(a, b)`` in map units, where the image spans
 ``[0, 40] x [0, 40]`` and pixel ``(i, j)`` covers ``[i, i+1] x [j, j+1]``: ``a`` grows downwards
@@ -24,25 +28,21 @@ from gymnasium import spaces
 from foresight.errors import ForesightError
 
 SIZE = 40  # the map spans [0, SIZE]^2, one pixel per unit
-OBSTACLES = np.array([[20.5, 5.5], [20.5, 12.5], [20.5, 27.5], [20.5, 35.5], [10.5, 20.5], [30.5, 20.5]])
+OBSTACLES = np.array([[20.5, 5.5], [20.5, 13.5], [20.5, 27.5], [20.5, 35.5], [10.5, 20.5], [30.5, 20.5]])
 OBSTACLE_RADIUS = 2.5
 AGENT_HALF = 1.5  # the agent is the square [a - 1.5, a + 1.5] x [b - 1.5, b + 1.5]
 MAX_ACTION = 3.0
 OBSTACLE_VALUE = 128  # mid grey, so the agent (white) and the obstacles are told apart
 AGENT_VALUE = 255
-# A move is checked for collisions at 64 equal steps along its straight path (at most 0.07 apart).
-_PATH = np.linspace(0.0, 1.0, 65)[:, None]  # (65, 1)
 _PIXELS = np.arange(SIZE, dtype=np.float64)  # pixel i spans [i, i + 1]
 
 
 def collides(p):
-    """Whether agent centres ``p`` (..., 2) are invalid: the square leaves the map or the centre enters a disk.
-
-    Touching a disk is allowed.
-    """
+    """Whether agent centres ``p`` (..., 2) are invalid: the square leaves the map or holds an obstacle's
+    centre (on its edge counts)."""
     p = np.asarray(p, dtype=np.float64)
     off_map = ((p < AGENT_HALF) | (p > SIZE - AGENT_HALF)).any(axis=-1)
-    hit = (((p[..., None, :] - OBSTACLES) ** 2).sum(axis=-1) < OBSTACLE_RADIUS**2).any(axis=-1)
+    hit = (np.abs(p[..., None, :] - OBSTACLES) <= AGENT_HALF).all(axis=-1).any(axis=-1)
     return off_map | hit
 
 
@@ -82,8 +82,8 @@ class PlanarEnv(gym.Env):
 
     - observation: ``uint8 (40, 40, 1)``; obstacles are mid-grey disks (radius 2.5), the agent a white
       3x3 square, both anti-aliased (pixel value = covered area fraction x intensity).
-    - action: ``float32 (2,)`` in ``[-3, 3]^2``, added to the state. A move whose straight path would
-      take the square off the map or the centre into an obstacle leaves the agent where it was.
+    - action: ``float32 (2,)`` in ``[-3, 3]^2``, added to the state and clipped to the map; a move that
+      would end with an obstacle's centre inside the square leaves the agent where it was.
     - state: the agent centre ``(a, b)``, rows down and columns right, in map units (pixel ``(i, j)``
       covers ``[i, i+1] x [j, j+1]``); ``info["points"]`` is its pixel ``[[a - 0.5, b - 0.5]]``.
     - ``reset()`` puts the agent at a uniformly random valid state; ``reset(options={"state": [a, b]})``
@@ -118,8 +118,8 @@ class PlanarEnv(gym.Env):
         if collides(s):
             raise ForesightError(
                 f"PlanarEnv: {what} = {s.tolist()} is not a valid state: the agent's square (half-size "
-                f"{AGENT_HALF}) must lie in [0, {SIZE}]^2 and its centre "
-                f"outside every obstacle (radius {OBSTACLE_RADIUS})"
+                f"{AGENT_HALF}) must lie in [0, {SIZE}]^2 and hold no obstacle's centre (the centre more than "
+                f"{AGENT_HALF} from each in one coordinate at least)"
             )
         return s
 
@@ -130,7 +130,7 @@ class PlanarEnv(gym.Env):
         if options is not None and "state" in options:
             self._state = self._checked_state(options["state"], 'options["state"]')
         else:
-            while True:  # rejection sampling: about 74% of the box is valid
+            while True:  # rejection sampling: about 96% of the box is valid
                 s = self.np_random.uniform(AGENT_HALF, SIZE - AGENT_HALF, size=2)
                 if not collides(s):
                     break
@@ -142,9 +142,9 @@ class PlanarEnv(gym.Env):
         if u.shape != (2,):
             raise ForesightError(f"PlanarEnv: action must have 2 numbers, got shape {np.shape(action)}")
         u = np.minimum(np.maximum(u, -MAX_ACTION), MAX_ACTION)  # np.clip costs more on tiny arrays
-        path = self._state + _PATH * u  # (65, 2), from here to the target
-        if not collides(path).any():
-            self._state = self._state + u
+        target = np.minimum(np.maximum(self._state + u, AGENT_HALF), SIZE - AGENT_HALF)  # walls stop the agent
+        if not collides(target):
+            self._state = target
         return self.render(), 0.0, False, False, self._info()
 
     def render(self):
