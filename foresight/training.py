@@ -397,8 +397,8 @@ def planar_latent_means(model, step: float = 1.0, device="cpu") -> tuple[np.ndar
 def map_rank_correlation(positions: np.ndarray, means: np.ndarray, pairs: int = 20000) -> float:
     """How faithfully a latent map keeps the room's geometry: Spearman's rank correlation between the true and
     the latent distances of random pairs of positions (1: the same order). A flat map with the obstacles as
-    holes, the E2C paper's picture, scores about 0.95-0.99; a map folded onto itself about 0.65-0.8, and
-    planning on a folded map fails (measured on the planar recipe's seeds, 2026-12-02)."""
+    holes, the E2C paper's picture, scores about 0.98-0.99; maps folded onto themselves 0.65-0.88, and the
+    planners lose pairs on them (the planar recipe's 10 seeds: BENCHMARKS.md, 2026-12-02)."""
     i, j = np.random.default_rng(0).integers(0, len(positions), (2, pairs))
     true = np.linalg.norm(positions[i] - positions[j], axis=1)
     latent = np.linalg.norm(means[i] - means[j], axis=1)
