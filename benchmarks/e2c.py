@@ -111,6 +111,11 @@ def baselines(key: str, pairs: int, out: Path) -> dict:
     return {p: mean_std([t["percent_in_goal"] for t in summary[p]["per_task"]]) for p in ("random", "oracle")}
 
 
+def suffix(tag: str) -> str:
+    """What a --tag adds to run and folder names."""
+    return f"_{tag}" if tag else ""
+
+
 def map_score(run: Path) -> float:
     """A planar run's latent map rank correlation (training.map_rank_correlation): the figure training wrote,
     or computed from the model for runs trained before it did."""
@@ -138,7 +143,7 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
     maps = {kind: [] for kind in PLANS}
     for kind, planners in PLANS.items():
         for seed in range(seeds):
-            name = f"{kind}_{stem}{'_' + tag if tag else ''}_seed{seed}"
+            name = f"{kind}_{stem}{suffix(tag)}_seed{seed}"
             run, m = train(f"train/{kind}_{stem}.toml", name, seed, reuse, overrides)
             minutes[kind].append(round(m, 2))
             if key == "planar":
@@ -152,9 +157,9 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
                 for t in summary[p]["per_task"]:
                     per_goal[f"{kind}_{p}"][str(goals[t["task"] % len(goals)])].append(t["percent_in_goal"])
     result = {k: mean_std(v) for k, v in percent.items()}
-    if len(goals) > 1:  # which goals fail (planar: (37, 3) lies behind the disk at (20.5, 5.5))
+    if len(goals) > 1:  # which goals a model loses
         result["per_goal"] = {k: {g: mean_std(v) for g, v in by.items()} for k, by in per_goal.items()}
-    if key == "planar":  # 1: a flat map like the E2C paper's; a folded one ~0.65-0.8
+    if key == "planar":  # 1: a flat map like the E2C paper's; folded ones 0.65-0.88 lose pairs
         result["map_rank_correlation"] = maps
     result["per_model"] = {k: [round(v, 1) for v in vs] for k, vs in per_model.items()}
     result.update({
@@ -172,10 +177,9 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
 
 def point_push_benchmark(pairs: int, reuse: bool, out: Path, overrides: list[str], tag: str = "") -> dict:
     ensure_data("data/point_push.toml")
-    name = f"e2c_point_push{'_' + tag if tag else ''}_seed0"
-    run, minutes = train("train/e2c_point_push.toml", name, 0, reuse, overrides)
-    folder = out / ("point_push" + (f"_{tag}" if tag else ""))
-    summary = plan(run, "plan/point_push_goal.toml", pairs, ["cem", "ilqr", "random"], folder)
+    run, minutes = train("train/e2c_point_push.toml", f"e2c_point_push{suffix(tag)}_seed0", 0, reuse, overrides)
+    summary = plan(run, "plan/point_push_goal.toml", pairs, ["cem", "ilqr", "random"],
+                   out / f"point_push{suffix(tag)}")
 
     def figures(s):
         return {"final_distance_px": s["mean_final_distance"], "start_distance_px": s["mean_start_distance"],
@@ -227,15 +231,14 @@ def main() -> None:
 
     plans = REPO / "plan" / "results" / "e2c_benchmark"
     out = Path(args.out or HERE / "results" / (f"e2c_{args.tag}.json" if args.tag else "e2c.json"))
-    result = {}  # this run's keys; save() merges them into the file, keeping the other systems' figures
-    result.update({
+    result = {  # this run's keys; save() merges them into the file, keeping the other systems' figures
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
         "protocol": "percentage of steps in the goal region; mean and std over models x start-goal pairs",
         "targets": {"planar": "E2C above PCC (56.6), aim PC3 (74.4)", "swingup": "E2C above PCC (26.4), aim PC3 (58.4)",
                     "train_minutes": "<= 10 per model on 2 cores"},
-    })
+    }
     for key in systems:
         if args.baselines_only:
             if key in SYSTEMS:
