@@ -37,6 +37,9 @@ class PolicyRecipe:
     scale: float = spec(1.0, min=0.0, max=1.0, help="fraction of the action range that random actions span")
     push_fraction: float = spec(0.7, min=0.0, max=1.0, help="share of episodes that steer toward an object")
     steer_prob: float = spec(0.6, min=0.0, max=1.0, help="in a steering episode, chance that an action segment steers")
+    aim_fraction: float = spec(0.0, min=0.0, max=1.0,
+                               help="share of steering episodes that push the object along a random direction, going "
+                                    "round it first (a planner's manoeuvres), instead of driving straight at it")
     suite: str = spec("", help="kind 'planner': the planning suite (relative to the recipe) whose goals, CEM and MPC "
                                "settings the episodes use")
     planner: str = spec("oracle", choices=("oracle", "model"),
@@ -79,7 +82,9 @@ class ExplorationPolicy:
     """Smooth random actions held for ``repeat`` steps; in pushing scenes, sometimes steer at an object.
 
     Steering asks the environment: ``env.unwrapped.steer_toward(k)`` returns an action that moves the
-    pusher (or the arm's tip) toward object ``k``; driving through the object's centre pushes it.
+    pusher (or the arm's tip) toward object ``k``; driving through the object's centre pushes it. Aiming
+    episodes (``aim_fraction``) ask ``env.unwrapped.push_along(k, angle)`` instead: round the object, then
+    push it along a direction, as a planner moving it to a goal would.
     """
 
     def __init__(self, recipe: PolicyRecipe, action_space: gym.spaces.Box, rng: np.random.Generator, env: gym.Env):
@@ -87,6 +92,9 @@ class ExplorationPolicy:
         self.low, self.high = action_space.low.astype(np.float64), action_space.high.astype(np.float64)
         self.noise = np.zeros(action_space.shape)
         self.steering = recipe.kind == "push" and rng.random() < recipe.push_fraction
+        # drawn only when asked for, so datasets of recipes without aiming keep their bytes
+        self.aiming = self.steering and recipe.aim_fraction > 0 and rng.random() < recipe.aim_fraction
+        self.angle = rng.uniform(-math.pi, math.pi) if self.aiming else 0.0
         self.target = 0
         self.held, self.left = None, 0
 
@@ -101,7 +109,12 @@ class ExplorationPolicy:
             if self.steering and self.rng.random() < self.r.steer_prob:
                 if self.rng.random() < 0.2:
                     self.target = int(self.rng.integers(len(self.env.point_names)))
-                steer = np.asarray(self.env.steer_toward(self.target), dtype=np.float64)
+                if self.aiming:
+                    if self.rng.random() < 0.1:  # now and then a new direction: pushes of a planner's length
+                        self.angle = self.rng.uniform(-math.pi, math.pi)
+                    steer = np.asarray(self.env.push_along(self.target, self.angle), dtype=np.float64)
+                else:
+                    steer = np.asarray(self.env.steer_toward(self.target), dtype=np.float64)
                 action = np.clip(steer + 0.3 * (action - (self.low + self.high) / 2), self.low, self.high)
             self.held = action.astype(np.float32)
         self.left -= 1
@@ -220,6 +233,9 @@ def collect(recipe: CollectRecipe, out: str | Path, workers: int = 1, source: st
     if recipe.policy.kind == "push" and not hasattr(env.unwrapped, "steer_toward"):
         raise ForesightError(f"{source}: key 'policy.kind': 'push' needs an environment that can steer toward objects, "
                              f"and {recipe.env} cannot (use 'random')")
+    if recipe.policy.kind == "push" and recipe.policy.aim_fraction > 0 and not hasattr(env.unwrapped, "push_along"):
+        raise ForesightError(f"{source}: key 'policy.aim_fraction': aimed pushes need an environment that can push an "
+                             f"object along a direction (PointPush), and {recipe.env} cannot (use 0)")
     if recipe.reset_options:
         try:
             env.reset(seed=0, options=recipe.reset_options)

@@ -332,3 +332,23 @@ def test_planner_policy_bad_inputs_name_the_key(tmp_path):
         p = planner_recipe(tmp_path, planner='"model"', model='"runs/none"')
         collect.collect(load(p), tmp_path / "d", source=str(p), progress=False)
     assert not (tmp_path / "b").exists() and not (tmp_path / "d").exists()
+
+
+def test_aimed_pushes_push_the_object_farther_than_random_actions(tmp_path):
+    """policy.aim_fraction: episodes that go round the block and push it along a direction move it far more
+    often than random actions do; an environment that cannot aim is refused with the key named."""
+    p = tmp_path / "aim.toml"
+    p.write_text('name = "aim"\nenv = "foresight/PointPush-v0"\nepisodes = 12\nsteps = 12\nseed = 4\nshard_size = 6\n'
+                 'reset_options = { pusher_near = 0.02 }\n[env_kwargs]\nimage_size = 32\naction_repeat = 3\n'
+                 '[policy]\nkind = "push"\nrepeat = 1\npush_fraction = 1.0\nsteer_prob = 0.8\naim_fraction = 1.0\n')
+
+    def displacements(out):
+        store = datasets.EpisodeStore(out)
+        return np.array([np.linalg.norm(store.read(i, "points")[-1, 0] - store.read(i, "points")[0, 0])
+                         for i in range(len(store))])
+
+    aimed = displacements(collect.collect(load(p), tmp_path / "aimed", progress=False))
+    random = displacements(collect.collect(load(p, "policy.kind='random'"), tmp_path / "random", progress=False))
+    assert np.median(aimed) > 3 * max(np.median(random), 0.5), (aimed, random)
+    with pytest.raises(ForesightError, match="'policy.aim_fraction'"):
+        collect.collect(load(p, "env='foresight/ArmPush-v0'", "env_kwargs={}"), tmp_path / "arm", progress=False)

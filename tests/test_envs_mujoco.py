@@ -311,3 +311,28 @@ def test_point_push_action_repeat_is_repeated_control_steps(make):
         assert np.array_equal(info_c["state"], info_f["state"]) and np.array_equal(obs_c, obs_f)
     with pytest.raises(ForesightError, match="action_repeat: expected an int >= 1"):
         make("foresight/PointPush-v0", action_repeat=0)
+
+
+def test_point_push_push_along_moves_the_block_along_the_direction():
+    """push_along gets behind the block without shoving it off course, then pushes it along the direction:
+    after 12 steps (36 control steps) the block has moved mostly along it, from every side the pusher starts on."""
+    env = gym.make("foresight/PointPush-v0", action_repeat=3)
+    u = env.unwrapped
+    along, across = [], []
+    for seed, angle in zip(range(8), np.linspace(-np.pi, np.pi, 8, endpoint=False) + 0.3):
+        env.reset(seed=seed, options={"pusher_near": 0.02})
+        start = u.data.xpos[u._block_ids[0], :2].copy()
+        state = u.get_sim_state()
+        action = u.push_along(0, angle)
+        np.testing.assert_array_equal(u.get_sim_state(), state)  # a function of the state that leaves it alone
+        for _ in range(12):
+            assert action.shape == (2,) and action.dtype == np.float32 and np.linalg.norm(action) <= 1 + 1e-6
+            env.step(action)
+            action = u.push_along(0, angle)
+        moved = u.data.xpos[u._block_ids[0], :2] - start
+        d = np.array([np.cos(angle), np.sin(angle)])
+        along.append(moved @ d), across.append(abs(moved[0] * d[1] - moved[1] * d[0]))
+    along, across = np.array(along), np.array(across)
+    assert (along > 0.04).sum() >= 6, along  # >= 4.7 px at 64x64 (walls stop a few)
+    assert (along > 2 * across).sum() >= 6, (along, across)
+    env.close()

@@ -186,5 +186,28 @@ class PointPushEnv(SimState, gym.Env):
         direction = self.data.xpos[self._block_ids[k], :2] - self.data.xpos[self.model.body("pusher").id, :2]
         return (direction / max(np.linalg.norm(direction), 1e-9)).astype(np.float32)
 
+    def push_along(self, k: int, angle: float) -> np.ndarray:
+        """An action that pushes block `k` along `angle` (radians, world x/y): get behind the block, going round
+        it without touching, then drive through its centre. What a planner does to move an object to a goal;
+        an exploration policy's way to show a model those manoeuvres (near misses included) and aimed pushes."""
+        block = self.data.xpos[self._block_ids[k], :2]
+        pusher = self.data.xpos[self.model.body("pusher").id, :2]
+        d = np.array([np.cos(angle), np.sin(angle)])
+        rel = pusher - block
+        clear = BLOCK * np.sqrt(2) + PUSHER + 0.01  # the pusher's centre this far out never touches the block
+        along, across = rel @ d, rel[0] * d[1] - rel[1] * d[0]
+        if along < -(BLOCK + PUSHER) * 0.9 and abs(across) < BLOCK * 0.5:  # behind it and lined up: push
+            target = block + 2 * MAX_SPEED * self.dt * d
+        elif np.linalg.norm(rel) < clear * 1.05 or (along > -clear and abs(across) < clear):
+            # in the way: step round the block at the clear radius, the shorter way to its back, at most 60 degrees
+            phi = np.arctan2(rel[1], rel[0])
+            turn = (angle + np.pi - phi + np.pi) % (2 * np.pi) - np.pi
+            heading = phi + np.clip(turn, -np.pi / 3, np.pi / 3)
+            target = block + clear * 1.15 * np.array([np.cos(heading), np.sin(heading)])
+        else:  # a clear path to the start of the push
+            target = block - clear * d
+        step = (target - pusher) / (MAX_SPEED * self.dt)  # the action that reaches the target in one step
+        return (step / max(1.0, np.linalg.norm(step))).astype(np.float32)
+
     def close(self) -> None:
         self.camera.close()
