@@ -24,7 +24,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/collect.py
 
-# the planning model shipped in pretrained/ for `make demo`: collect, train, copy (about 30 minutes on 2 cores)
+# the planning model shipped in pretrained/ for `make demo`: collect, train, copy (about an hour on 2 cores)
 pretrained: $(STAMP)
 	$(BIN)/foresight collect data/point_push_plan.toml --workers 2
 	$(BIN)/foresight train train/plan_point_push.toml
