@@ -188,7 +188,7 @@ class PointPushEnv(SimState, gym.Env):
 
     def push_along(self, k: int, angle: float) -> np.ndarray:
         """An action that pushes block `k` along `angle` (radians, world x/y): get behind the block, going round
-        it without touching, then drive through its centre. What a planner does to move an object to a goal;
+        it at a clear radius, then drive through its centre. What a planner does to move an object to a goal;
         an exploration policy's way to show a model those manoeuvres (near misses included) and aimed pushes."""
         block = self.data.xpos[self._block_ids[k], :2]
         pusher = self.data.xpos[self.model.body("pusher").id, :2]
