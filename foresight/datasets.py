@@ -237,12 +237,14 @@ class WindowDataset:
     An item is a dict of numpy arrays: ``frames (L, C, H, W) float32 in [0, 1]``, ``actions (L-1, A)``,
     ``states (L, S)``, ``points (L, K, 2)``, plus ``episode`` and ``start``. Windows start every
     ``stride`` steps. ``split`` picks the seeded train or validation episodes. ``image_size`` (h, w)
-    area-resizes the frames and scales the points to match.
+    area-resizes the frames and scales the points to match. ``agent_points`` (a function: states (L, S) ->
+    (L, P, 2) camera pixels, e.g. ``foresight.envs.agent_pixels``) appends the agent's pixels to the points.
     """
 
     def __init__(self, root: str | Path, length: int, split: str = "train", val_fraction: float = 0.1,
-                 seed: int = 0, stride: int = 1, image_size=None):
+                 seed: int = 0, stride: int = 1, image_size=None, agent_points=None):
         self.store = EpisodeStore(root)
+        self.agent_points = agent_points
         self.image_size = tuple(image_size) if image_size is not None else tuple(self.store.shapes["frames"][1:3])
         frames_per_episode = self.store.shapes["frames"][0]
         if not 2 <= length <= frames_per_episode:
@@ -266,13 +268,16 @@ class WindowDataset:
         L, read = self.length, self.store.read
         frames = read(e, "frames", s, s + L)  # (L, H, W, C) uint8
         points = read(e, "points", s, s + L)
+        states = read(e, "states", s, s + L)
+        if self.agent_points is not None:
+            points = np.concatenate([points, self.agent_points(states).astype(points.dtype)], axis=1)
         if frames.shape[1:3] != self.image_size:
             points = scale_points(points, frames.shape[1:3], self.image_size)
             frames = resize_frames(frames, self.image_size)
         return {
             "frames": np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0,
             "actions": read(e, "actions", s, s + L - 1),
-            "states": read(e, "states", s, s + L),
+            "states": states,
             "points": points,
             "episode": e,
             "start": s,

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from foresight import datasets, evaluation, recipes, viz
+from foresight import datasets, envs, evaluation, recipes, viz
 from foresight.errors import ForesightError
 from foresight.models.e2c import E2C, MODELS as E2C_MODELS, PRESETS as E2C_PRESETS, E2CConfig
 from foresight.models.video import VideoPredictionConfig, VideoPredictionModel, scheduled_sampling_prob
@@ -53,6 +53,9 @@ class TrainSettings:
     schedule_k: float = spec(900.0, min=0.0, help="scheduled sampling k (Finn et al.); 0 = always own predictions")
     track_weight: float = spec(0.0, min=0.0, help="video: weight of the designated-pixel tracking loss on the "
                                                    "dataset's object pixels (expected distance in pixels); 0 = off")
+    track_agent: bool = spec(False, help="video, with track_weight: track the agent's pixel (PointPush's pusher) "
+                                         "beside the objects', so the loss also supervises the motion that causes "
+                                         "contact")
     val_fraction: float = spec(0.1, min=0.0, max=0.9)
     val_every: int = spec(250, min=1)
     val_batches: int = spec(8, min=1)
@@ -704,8 +707,14 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
         val_set = learner.dataset(data_dir, "val", learner.window)
     else:
         size = learner.config.image_size
-        train_sets = [datasets.WindowDataset(d, learner.window, "train", s.val_fraction, s.seed, image_size=size)
-                      for d in (data_dir, *mix_dirs)]
+        agent = None
+        if s.track_agent:
+            if s.track_weight <= 0:
+                raise ForesightError(f"{source}: key 'train.track_agent' needs 'train.track_weight' > 0")
+            agent = envs.agent_pixels(store.manifest["env"]["id"], *shapes["frames"][1:3],
+                                      where=f"{source}: key 'train.track_agent'")
+        train_sets = [datasets.WindowDataset(d, learner.window, "train", s.val_fraction, s.seed, image_size=size,
+                                             agent_points=agent) for d in (data_dir, *mix_dirs)]
         val_set = datasets.WindowDataset(data_dir, learner.window, "val", s.val_fraction, s.seed,
                                          stride=learner.window, image_size=size)
     train_set = train_sets[0] if len(train_sets) == 1 else torch.utils.data.ConcatDataset(train_sets)

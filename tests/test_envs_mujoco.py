@@ -336,3 +336,23 @@ def test_point_push_push_along_moves_the_block_along_the_direction():
     assert (along > 0.04).sum() >= 6, along  # >= 4.7 px at 64x64 (walls stop a few)
     assert (along > 2 * across).sum() >= 6, (along, across)
     env.close()
+
+
+def test_point_push_pusher_pixels_from_states_land_on_the_pusher(make):
+    """pusher_pixels (states only) agrees with the camera's projection of the pusher body and, independently,
+    with the centroid of the pusher's dark disc in the rendered frames."""
+    env = make("foresight/PointPush-v0", image_size=(48, 64))
+    u = env.unwrapped
+    obs, info = env.reset(seed=4)
+    rng = np.random.default_rng(4)
+    states, frames, projected = [], [], []
+    for _ in range(12):
+        obs, _, _, _, info = env.step(rng.uniform(-1, 1, 2))
+        states.append(info["state"]), frames.append(obs)
+        projected.append(u.camera.project(u.data, u.data.xpos[u.model.body("pusher").id][None]))
+    pixels = point_push.pusher_pixels(np.stack(states), 48, 64)  # (T, 1, 2)
+    assert pixels.shape == (12, 1, 2) and pixels.dtype == np.float32
+    np.testing.assert_allclose(pixels, np.stack(projected), atol=1e-3)
+    for (r, c), obs in zip(pixels[:, 0], frames):
+        rows, cols = np.nonzero(obs.astype(int).sum(-1) < 100)  # the pusher is the only near-black thing
+        assert len(rows) >= 10 and np.hypot(rows.mean() - r, cols.mean() - c) < 0.5

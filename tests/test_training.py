@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -233,3 +234,39 @@ def test_data_mix_joins_more_datasets_to_the_training_windows(workdir, tmp_path,
     collect.collect(recipes.load(collect.CollectRecipe, pp), tmp_path / "pp", progress=False)
     with pytest.raises(ForesightError, match=r"key 'data_mix': .*pp: images are 32x32x3, the model expects 40x40x1"):
         training.train(*recipe(workdir, "badmix", f"data_mix=['{tmp_path / 'pp'}']"), progress=False)
+
+
+def test_track_agent_adds_the_pushers_pixel_to_the_tracked_points(workdir, tmp_path, monkeypatch):
+    """train.track_agent: windows carry the pusher's pixel after the objects', scaled like them, and the
+    loss tracks both; without a tracking weight, or on an environment with no agent pixel, a clear error."""
+    pp = tmp_path / "pp.toml"
+    pp.write_text('name = "pp"\nenv = "foresight/PointPush-v0"\nepisodes = 4\nsteps = 7\n[env_kwargs]\nimage_size = 32\n')
+    collect.collect(recipes.load(collect.CollectRecipe, pp), tmp_path / "pp", progress=False)
+    from foresight import datasets, envs
+    from foresight.envs.point_push import pusher_pixels
+    plain = datasets.WindowDataset(tmp_path / "pp", 4, "all", image_size=(16, 16))
+    tracked = datasets.WindowDataset(tmp_path / "pp", 4, "all", image_size=(16, 16),
+                                     agent_points=envs.agent_pixels("foresight/PointPush-v0", 32, 32))
+    a, b = plain[3], tracked[3]
+    assert b["points"].shape == (4, 2, 2)
+    np.testing.assert_allclose(b["points"][:, :1], a["points"])
+    np.testing.assert_allclose(b["points"][:, 1:], datasets.scale_points(pusher_pixels(a["states"], 32, 32),
+                                                                          (32, 32), (16, 16)), atol=1e-5)
+    seen = []
+    real = training.VideoLearner.loss
+
+    def spy(self, model, batch, step, device):
+        seen.append(tuple(batch["points"].shape))
+        return real(self, model, batch, step, device)
+
+    monkeypatch.setattr(training.VideoLearner, "loss", spy)
+    rec = tmp_path / "tiny.toml"
+    rec.write_text(RECIPE.replace('data = "planar_seq"', 'data = "pp"').replace("horizon = 4", "horizon = 4\n"
+                   "track_weight = 0.01\ntrack_agent = true"))
+    run = training.train(recipes.load(training.TrainRecipe, rec, ["train.steps=1"]), rec, progress=False)
+    assert seen and seen[0][2] == 2 and (run / "checkpoint" / "model.pt").exists()
+    with pytest.raises(ForesightError, match=r"key 'train.track_agent' needs 'train.track_weight' > 0"):
+        training.train(recipes.load(training.TrainRecipe, rec, ["name='untracked'", "train.track_weight=0.0"]), rec,
+                       progress=False)
+    with pytest.raises(ForesightError, match=r"key 'train.track_agent': environment 'foresight/Planar-v0' has no agent"):
+        training.train(*recipe(workdir, "noagent", "train.track_weight=0.01", "train.track_agent=true"), progress=False)

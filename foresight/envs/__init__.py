@@ -20,3 +20,21 @@ GREY = {"foresight/Planar-v0", "foresight/Pendulum-v0"}
 for _id, _entry in ENVS.items():
     if _id not in registry:
         register(id=_id, entry_point=_entry, disable_env_checker=_id in GREY)
+
+# The agent's own pixel (the pusher's) from a state, for environments that can say it: train.track_agent
+# supervises the model's motion at the agent as it does at the objects (DESIGN.md "Train").
+AGENT_PIXELS = {"foresight/PointPush-v0": "foresight.envs.point_push:pusher_pixels"}
+
+
+def agent_pixels(env_id: str, height: int, width: int, where: str = "track_agent"):
+    """A picklable function: states (..., S) -> the agent's (row, col) pixel (..., 1, 2) at (height, width)."""
+    import functools
+    import importlib
+
+    from foresight.errors import ForesightError
+
+    if env_id not in AGENT_PIXELS:
+        raise ForesightError(f"{where}: environment {env_id!r} has no agent pixel (supported: "
+                             f"{', '.join(sorted(AGENT_PIXELS))})")
+    module, name = AGENT_PIXELS[env_id].split(":")
+    return functools.partial(getattr(importlib.import_module(module), name), height=height, width=width)

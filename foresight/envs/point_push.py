@@ -18,7 +18,7 @@ import numpy as np
 
 import mujoco  # (foresight/__init__.py, imported first, has chosen EGL)
 
-from foresight.envs.camera import Camera, image_shape
+from foresight.envs.camera import Camera, image_shape, project
 from foresight.envs.sim_state import SimState
 from foresight.errors import ForesightError
 
@@ -93,6 +93,17 @@ def camera_fovy(height: int, width: int) -> float:
     half_view = ARENA + WALL  # at floor level
     tan_half_y = half_view / CAMERA_HEIGHT * max(1.0, height / width)
     return float(np.rad2deg(2 * np.arctan(tan_half_y)))
+
+
+def pusher_pixels(states, height: int, width: int) -> np.ndarray:
+    """States (..., 4 + 6K) -> the pusher's (row, col) pixel (..., 1, 2) float32 in an (height, width) image:
+    a training target beside info["points"] (train.track_agent), computed from the state alone because the
+    camera is fixed and the pusher's height constant."""
+    states = np.asarray(states, dtype=np.float64)
+    xy = states[..., :2].reshape(-1, 2)
+    world = np.column_stack([xy, np.full(len(xy), HEIGHT)])
+    pixels = project(world, (0.0, 0.0, CAMERA_HEIGHT), np.eye(3), camera_fovy(height, width), height, width)
+    return pixels.reshape(*states.shape[:-1], 1, 2)
 
 
 class PointPushEnv(SimState, gym.Env):
