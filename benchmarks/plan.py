@@ -3,7 +3,8 @@ and the planner's speed with its levers.
 
 Writes benchmarks/results/plan.json. Steps:
   1. the planning dataset (data/point_push_plan.toml) collected and the default planning model
-     (train/plan_point_push.toml) trained, if missing (--reuse keeps an existing run);
+     (train/plan_point_push.toml, then its fine-tuning at the planner's horizon train/plan_point_push_h8.toml)
+     trained, if missing (--reuse keeps existing runs);
   2. plan/point_push.toml with the model, random actions and the oracle (CEM on the true simulator),
      its tasks spread over --workers processes of one thread each;
   2b. the model planner again with each other way of knowing where the designated pixel is after executing
@@ -70,7 +71,9 @@ def replan_seconds(suite, predictor, replans: int = 3) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reuse", action="store_true", help="keep an existing dataset / trained run")
-    ap.add_argument("--recipe", default="train/plan_point_push.toml")
+    ap.add_argument("--recipe", default="train/plan_point_push_h8.toml")
+    ap.add_argument("--base-recipe", default="train/plan_point_push.toml",
+                    help="the run --recipe starts from (its train.init), trained first; '' when it has none")
     ap.add_argument("--env-scale-run", default="train/runs/sna_point_push",
                     help="the Train issue's default run, for the time-scale lever (skipped if missing)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -89,7 +92,10 @@ def main() -> None:
     from foresight import recipes, training
     from foresight.planning import mpc
 
+    base_minutes = trained_run(args.base_recipe, "data/point_push_plan.toml", args.reuse, args.workers)[1] \
+        if args.base_recipe else 0.0
     run, train_minutes = trained_run(args.recipe, "data/point_push_plan.toml", args.reuse, args.workers)
+    train_minutes += base_minutes
     sh(EXE, "eval", str(run))
     quality = json.loads((run / "eval.json").read_text())
     result = {"date": date.today().isoformat(),

@@ -11,9 +11,11 @@ at the start of each of the first --tasks tasks of plan/point_push.toml,
 and for each plan, the designated object's progress toward its goal over the plan (start distance minus
 final distance, camera pixels) as the model predicts it (expected position of the carried distribution) and
 as the simulator gives it. A model that plans well promises about what it delivers on its own plans; the
-"hallucinated" share counts model plans promising >= 2 px of progress that deliver < 0.5 px.
+"hallucinated" share counts model plans promising >= 2 px of progress that deliver < 0.5 px. And a search
+question: "oracle_plan_above_rest" is the share of tasks in which the model's cost of the oracle's plan is above
+its cost of resting (zero actions): there no amount of sampling finds the oracle's plan, the model is the limit.
 
-    python benchmarks/plan_model_errors.py [--model train/runs/plan_point_push] [--tasks 20] [--set cem.samples=50]
+    python benchmarks/plan_model_errors.py [--model train/runs/plan_point_push_h8] [--tasks 20] [--set cem.samples=50]
 
 Writes benchmarks/results/plan_model_errors.json.
 """
@@ -37,7 +39,7 @@ REPO = HERE.parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="train/runs/plan_point_push", help="a run folder (relative to the repository)")
+    ap.add_argument("--model", default="train/runs/plan_point_push_h8", help="a run folder (relative to the repository)")
     ap.add_argument("--suite", default=str(REPO / "plan" / "point_push.toml"))
     ap.add_argument("--tasks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
@@ -79,16 +81,20 @@ def main() -> None:
 
         start = float(np.linalg.norm(task.designated - task.goals, axis=-1).mean())
         row = {"task": task.index, "start_distance": round(start, 3)}
+        rest = torch.zeros(cem.horizon, *low.shape)
+        row["rest_model_cost"] = round(float(model_score(rest[None])[0]), 3)
         for name, score in (("model_plan", model_score),
                             ("oracle_plan", mpc.oracle_score(u, cem, task.goals, suite.mpc.last_weight))):
-            plan = cem.expand(CEM(suite.cem, low, high).plan(score).best)[None]  # a fresh search each: no warm start
+            best = CEM(suite.cem, low, high).plan(score).best  # a fresh search each: no warm start
+            plan = cem.expand(best)[None]
             _, d = predictor(ctx, past, plan, dist)  # (1, T, K, h, w)
             expected = torch.stack([(d[0, -1] * rows).sum((-1, -2)), (d[0, -1] * cols).sum((-1, -2))], -1)  # (K, 2)
             predicted = torch.as_tensor(datasets.scale_points(expected.numpy(), (h, w), (H, W)))
             true = torch.as_tensor(u.rollout_points(plan.numpy()))[0, -1, :len(goals)]
             row[name] = {"promised_px": round(start - float((predicted - goals).norm(dim=-1).mean()), 3),
                          "delivered_px": round(start - float((true - goals).norm(dim=-1).mean()), 3),
-                         "final_error_px": round(float((predicted - true).norm(dim=-1).mean()), 3)}
+                         "final_error_px": round(float((predicted - true).norm(dim=-1).mean()), 3),
+                         "model_cost": round(float(model_score(best[None])[0]), 3)}
         per_task.append(row)
     env.close()
 
@@ -104,6 +110,8 @@ def main() -> None:
         result[plan] = {k: mean(plan, k) for k in ("promised_px", "delivered_px", "final_error_px")}
     result["model_plan"]["hallucinated"] = round(float(np.mean(
         [r["model_plan"]["promised_px"] >= 2 and r["model_plan"]["delivered_px"] < 0.5 for r in per_task])), 3)
+    result["oracle_plan_above_rest"] = round(float(np.mean(
+        [r["oracle_plan"]["model_cost"] > r["rest_model_cost"] for r in per_task])), 3)
     result["per_task"] = per_task
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
