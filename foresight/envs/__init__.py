@@ -22,7 +22,7 @@ for _id, _entry in ENVS.items():
         register(id=_id, entry_point=_entry, disable_env_checker=_id in GREY)
 
 # The agent's own pixel (the pusher's) from a state, for environments that can say it: train.track_agent
-# supervises the model's motion at the agent as it does at the objects (DESIGN.md "Train").
+# supervises the model's motion at the agent as it does at the objects.
 AGENT_PIXELS = {"foresight/PointPush-v0": "foresight.envs.point_push:pusher_pixels"}
 
 
