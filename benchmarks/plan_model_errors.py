@@ -85,8 +85,7 @@ def main() -> None:
         row["rest_model_cost"] = round(float(model_score(rest[None])[0]), 3)
         for name, score in (("model_plan", model_score),
                             ("oracle_plan", mpc.oracle_score(u, cem, task.goals, suite.mpc.last_weight))):
-            best = CEM(suite.cem, low, high).plan(score).best  # a fresh search each: no warm start
-            plan = cem.expand(best)[None]
+            plan = cem.expand(CEM(suite.cem, low, high).plan(score).best)[None]  # a fresh search each: no warm start
             _, d = predictor(ctx, past, plan, dist)  # (1, T, K, h, w)
             expected = torch.stack([(d[0, -1] * rows).sum((-1, -2)), (d[0, -1] * cols).sum((-1, -2))], -1)  # (K, 2)
             predicted = torch.as_tensor(datasets.scale_points(expected.numpy(), (h, w), (H, W)))
@@ -94,7 +93,7 @@ def main() -> None:
             row[name] = {"promised_px": round(start - float((predicted - goals).norm(dim=-1).mean()), 3),
                          "delivered_px": round(start - float((true - goals).norm(dim=-1).mean()), 3),
                          "final_error_px": round(float((predicted - true).norm(dim=-1).mean()), 3),
-                         "model_cost": round(float(model_score(best[None])[0]), 3)}
+                         "model_cost": round(float(cost(d)[0]), 3)}
         per_task.append(row)
     env.close()
 
