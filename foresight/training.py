@@ -56,6 +56,8 @@ class TrainSettings:
     track_agent: bool = spec(False, help="video, with track_weight: track the agent's pixel (PointPush's pusher) "
                                          "beside the objects', so the loss also supervises the motion that causes "
                                          "contact")
+    image_loss: str = spec("mse", choices=("mse", "l1"), help="video: the image error, 'mse' (Finn et al.) or "
+                                                              "'l1' (penalises a smeared object more)")
     val_fraction: float = spec(0.1, min=0.0, max=0.9)
     val_every: int = spec(250, min=1)
     val_batches: int = spec(8, min=1)
@@ -158,7 +160,7 @@ class VideoLearner:
         g = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
         points = batch["points"].to(device, non_blocking=True) if s.track_weight > 0 else None
         return model(frames, actions, states, num_context=s.context, sample_prob=prob, generator=g,
-                     points=points, track_weight=s.track_weight)
+                     points=points, track_weight=s.track_weight, image_loss=s.image_loss)
 
     @torch.inference_mode()
     def validate(self, model, batches, device) -> dict[str, float]:

@@ -254,6 +254,19 @@ def test_loss_with_states():
     assert model.state_head.weight.grad.abs().sum() > 0 and model.lstm1.conv.weight.grad.abs().sum() > 0
 
 
+def test_l1_image_loss_is_the_mean_absolute_error():
+    model = tiny_model("cdna", state_dim=2)
+    frames, actions, states = torch.rand(2, 5, 3, 16, 16), torch.randn(2, 4, 2), torch.randn(2, 5, 2)
+    terms = model.loss(frames, actions, states, image_loss="l1")
+    with torch.no_grad():
+        pred = model(frames, actions, states, num_context=2).frames[:, 1:]
+    torch.testing.assert_close(terms["image_l1"], (pred - frames[:, 2:]).abs().mean())
+    torch.testing.assert_close(terms["image_mse"], (pred - frames[:, 2:]).pow(2).mean())
+    torch.testing.assert_close(terms["loss"], terms["image_l1"] + 1e-4 * terms["state_mse"])
+    with pytest.raises(ForesightError, match="image_loss: expected 'mse' or 'l1', got 'l2'"):
+        model.loss(frames, actions, states, image_loss="l2")
+
+
 # ---------------------------------------------------------------------------- errors
 
 

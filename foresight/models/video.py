@@ -409,9 +409,12 @@ class VideoPredictionModel(nn.Module):
         )
 
     def loss(self, frames, actions, states=None, num_context: int = 2, sample_prob: float = 0.0,
-             generator: torch.Generator | None = None, points=None, track_weight: float = 0.0) -> dict[str, torch.Tensor]:
+             generator: torch.Generator | None = None, points=None, track_weight: float = 0.0,
+             image_loss: str = "mse") -> dict[str, torch.Tensor]:
         """Finn's training loss on a sequence of T + 1 frames: mean squared error of the predictions of
         frames num_context..T (the earlier ones are teacher-forced), plus 1e-4 x the state error.
+        image_loss "l1" uses the mean absolute error instead: where the future is uncertain it is
+        minimised by the median rather than the mean, so it penalises a smeared object more.
 
         frames (B, T + 1, C, H, W), actions (B, T, A), states (B, T + 1, S) iff state_dim > 0.
         points (B, T + 1, K, 2) with track_weight > 0: the objects' true pixels (the dataset's ground
@@ -419,8 +422,10 @@ class VideoPredictionModel(nn.Module):
         frame num_context - 1 is carried by the model, and track_weight x its expected distance (pixels)
         to the true pixel is added. Without it the pixel flow is learnt only through the images, and a
         planner finds plans in which a block's probability mass rides away on the pusher.
-        Returns {"loss": to minimise, "image_mse": ..., ["state_mse": ...], ["track_px": ...]}.
+        Returns {"loss": to minimise, "image_mse": ..., ["image_l1": ...], ["state_mse": ...], ["track_px": ...]}.
         """
+        if image_loss not in ("mse", "l1"):
+            raise ForesightError(f"image_loss: expected 'mse' or 'l1', got {image_loss!r}")
         tracking = points is not None and track_weight > 0
         pixels = None
         if tracking:
@@ -433,15 +438,18 @@ class VideoPredictionModel(nn.Module):
         if frames.shape[1] != T + 1:
             raise ForesightError(f"frames: expected (B, T + 1, C, H, W) with T + 1 = {T + 1} "
                                  f"(one more than actions), got {tuple(frames.shape)}")
-        image_mse = F.mse_loss(pred.frames[:, num_context - 1:], frames[:, num_context:].float())
+        predicted, truth = pred.frames[:, num_context - 1:], frames[:, num_context:].float()
+        image_mse = F.mse_loss(predicted, truth)
         terms = {"loss": image_mse, "image_mse": image_mse}
+        if image_loss == "l1":
+            terms["loss"] = terms["image_l1"] = F.l1_loss(predicted, truth)
         if pred.states is not None:
             if states.shape[1] != T + 1:
                 raise ForesightError(f"states: expected (B, T + 1, S) with T + 1 = {T + 1}, "
                                      f"got {tuple(states.shape)}")
             state_mse = F.mse_loss(pred.states[:, num_context - 1:], states[:, num_context:].float())
             terms["state_mse"] = state_mse
-            terms["loss"] = image_mse + STATE_LOSS_WEIGHT * state_mse
+            terms["loss"] = terms["loss"] + STATE_LOSS_WEIGHT * state_mse
         if tracking:
             track_px = expected_distance(pred.pixels, points[:, num_context:].float()).mean()  # frames nc..T
             terms["track_px"] = track_px
