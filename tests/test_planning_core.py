@@ -6,7 +6,7 @@ import torch
 
 from foresight.errors import ForesightError
 from foresight.planning.cem import CEM, CEMConfig, colored_noise, repeat_actions
-from foresight.planning.costs import DesignatedPixelCost, designated_pixel_cost, goal_image_cost
+from foresight.planning.costs import DesignatedPixelCost, designated_pixel_cost, goal_image_cost, step_weights
 
 LOW, HIGH = [-2.0, -1.0], [2.0, 3.0]
 
@@ -213,6 +213,19 @@ def test_designated_pixel_cost_is_zero_at_the_goal_and_the_distance_away_from_it
     # fractional goals: (row, col) = (0, 0) is the centre of the top-left pixel
     half = DesignatedPixelCost(goals=[[0.5, 0.0]], image_size=(4, 4), last_weight=1.0)
     assert half(delta(4, 4, 0, 0).view(1, 1, 1, 4, 4)).item() == pytest.approx(0.5)
+
+
+def test_cost_ending_with_the_task_weighs_its_last_step_and_ignores_the_rest():
+    assert step_weights(5, 10.0, end=3).tolist() == [1.0, 1.0, 10.0, 0.0, 0.0]
+    assert step_weights(5, 10.0, end=9).tolist() == step_weights(5, 10.0).tolist() == [1.0, 1.0, 1.0, 1.0, 10.0]
+    cost = DesignatedPixelCost(goals=[[4.0, 5.0]], image_size=(16, 20), last_weight=10.0)
+    # at the goal when the task ends (step 2), then pushed 5 px away: no cost when the task ends there
+    late = torch.stack([delta(16, 20, 7, 9), delta(16, 20, 4, 5), delta(16, 20, 7, 9)]).view(1, 3, 1, 16, 20)
+    assert cost(late, end=2).item() == pytest.approx(5.0, rel=1e-5)
+    assert cost(late).item() == pytest.approx(5.0 + 0.0 + 50.0, rel=1e-5)
+    torch.testing.assert_close(cost(late, end=2), cost(late[:, :2]))
+    with pytest.raises(ForesightError, match="end must be an integer >= 1"):
+        cost(late, end=0)
 
 
 def test_designated_pixel_cost_is_lower_nearer_the_goal():

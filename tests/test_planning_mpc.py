@@ -50,6 +50,17 @@ def test_oracle_solves_tiny_tasks_and_beats_random(env):
     assert mpc.aggregate(oracle)["final_over_start"] < 0.5 * mpc.aggregate(random)["final_over_start"]
 
 
+@pytest.mark.parametrize("until_end", [False, True])
+def test_the_cost_ends_with_the_task_when_asked(env, monkeypatch, until_end):
+    """mpc.until_end: each replan's cost is told how many steps the task has left (None without it)."""
+    ends, score = [], mpc.oracle_score
+    monkeypatch.setattr(mpc, "oracle_score", lambda *a: ends.append(a[4] if len(a) > 4 else None) or score(*a))
+    s = suite(tasks=1, steps=12, mpc={"replan_every": 3, "until_end": until_end})  # plans of 9 steps
+    task = mpc.make_tasks(s, env)[0]
+    mpc.run_task(env, task, s, "oracle", record=False)
+    assert ends == ([12, 9, 6, 3] if until_end else [None] * 4)
+
+
 def test_model_planner_runs_end_to_end_and_writes_results(env, tmp_path):
     torch.manual_seed(0)
     cfg = VideoPredictionConfig.small("sna", image_size=(64, 64), channels=3, action_dim=2,

@@ -32,10 +32,16 @@ import torch
 from foresight.errors import ForesightError
 
 
-def step_weights(steps: int, last_weight: float) -> torch.Tensor:
-    """(T,) weights of the plan's steps: 1 for each, `last_weight` for the last."""
+def step_weights(steps: int, last_weight: float, end: int | None = None) -> torch.Tensor:
+    """(T,) weights of the plan's steps: 1 for each, `last_weight` for the last. With ``end`` < T (the task
+    ends after the plan's first ``end`` steps) step ``end`` takes `last_weight` and the steps after it 0:
+    where the object is after the task has ended does not count."""
+    if end is not None and not (isinstance(end, int) and 1 <= end):
+        raise ForesightError(f"end must be an integer >= 1 (the plan steps before the task ends), got {end!r}")
+    end = steps if end is None else min(end, steps)
     w = torch.ones(steps)
-    w[-1] = last_weight
+    w[end - 1] = last_weight
+    w[end:] = 0.0
     return w
 
 
@@ -76,8 +82,8 @@ class DesignatedPixelCost:
         self.moments = torch.cat([rows.expand(1, h, w), cols.expand(1, h, w), rows ** 2 + cols ** 2])
         self._cache = {}  # (device, dtype) -> (maps, weights, farthest, moments) on that device
 
-    def __call__(self, dists: torch.Tensor) -> torch.Tensor:
-        """dists (N, T, K, H, W) distributions over pixels -> (N,) costs."""
+    def __call__(self, dists: torch.Tensor, end: int | None = None) -> torch.Tensor:
+        """dists (N, T, K, H, W) distributions over pixels -> (N,) costs; ``end``: see step_weights."""
         k, (h, w) = self.goals.shape[0], self.image_size
         if not torch.is_tensor(dists) or dists.dim() != 5 or tuple(dists.shape[2:]) != (k, h, w):
             shape = tuple(dists.shape) if torch.is_tensor(dists) else type(dists).__name__
@@ -99,7 +105,7 @@ class DesignatedPixelCost:
             m = torch.einsum("ntkhw,mhw->ntkm", dists, moments) / safe_mass[..., None]  # E[r], E[c], E[r^2 + c^2]
             spread = (m[..., 2] - m[..., 0] ** 2 - m[..., 1] ** 2).clamp_min(0).sqrt()  # (N, T, K)
             expected = expected + self.spread_weight * torch.where(lost, torch.zeros_like(spread), spread)
-        lam = step_weights(dists.shape[1], self.last_weight).to(dists.device, dists.dtype)  # (T,)
+        lam = step_weights(dists.shape[1], self.last_weight, end).to(dists.device, dists.dtype)  # (T,)
         return (expected * lam.view(1, -1, 1) * weights.view(1, 1, -1)).sum(dim=(1, 2))  # (N,)
 
     def _on(self, device, dtype):

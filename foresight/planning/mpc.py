@@ -40,6 +40,9 @@ class MPCSettings:
                            "it in the camera frame (planning.tracking, images only); 'true' restarts it at the "
                            "simulator's object pixel (for comparison)")
     last_weight: float = spec(10.0, min=0.0, help="weight of the plan's last step in the cost")
+    until_end: bool = spec(False, help="when the task ends before the plan does, the cost stops there: the task's "
+                                       "last step takes last_weight and the plan's steps after it count for "
+                                       "nothing (the task is judged where the object is at its end)")
     spread_weight: float = spec(0.0, min=0.0, help="weight of each designated-pixel distribution's spread (std, "
                                                    "pixels) in the cost: makes leaked mass cost more than it gains")
     sharpen: float = spec(1.0, min=1.0, help="the designated-pixel cost takes its expectation under P^sharpen "
@@ -197,11 +200,12 @@ class VideoPredictor:
         return out.frames[:, self.context - 1:].float(), out.pixels.float()
 
 
-def oracle_score(sim, cem: CEM, goals: np.ndarray, last_weight: float):
+def oracle_score(sim, cem: CEM, goals: np.ndarray, last_weight: float, end: int | None = None):
     """The oracle's score of CEM's decisions (N, H, A) -> (N,): the designated-pixel cost on the simulator's true
-    object pixels after each step (``sim.rollout_points`` from the current state), goals (K, 2) camera pixels."""
+    object pixels after each step (``sim.rollout_points`` from the current state), goals (K, 2) camera pixels;
+    ``end``: see ``costs.step_weights``."""
     goals = torch.as_tensor(goals, dtype=torch.float32)
-    weights = step_weights(cem.config.horizon * cem.config.repeat, last_weight)
+    weights = step_weights(cem.config.horizon * cem.config.repeat, last_weight, end)
 
     def score(actions):
         points = torch.as_tensor(sim.rollout_points(cem.expand(actions).numpy()))[:, :, :len(goals)]  # (N, T, K, 2)
@@ -247,13 +251,14 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
             decisions = rng.uniform(low, high, (math.ceil(n / suite.cem.repeat), *low.shape)).astype(np.float32)
             executed = repeat_actions(torch.as_tensor(decisions), suite.cem.repeat)[:n].numpy()
         else:
+            end = suite.steps - t if suite.mpc.until_end else None
             if planner == "oracle":
-                score = oracle_score(u, cem, task.goals, suite.mpc.last_weight)
+                score = oracle_score(u, cem, task.goals, suite.mpc.last_weight, end)
             else:
                 ctx, past_t = predictor.frames(frames[-context:]), torch.as_tensor(np.stack(past[-(context - 1):]))
 
                 def score(actions):
-                    return cost(predictor(ctx, past_t, cem.expand(actions), dist, suite.mpc.amp)[1])
+                    return cost(predictor(ctx, past_t, cem.expand(actions), dist, suite.mpc.amp)[1], end)
             result = cem.plan(score)
             plan = cem.expand(result.best)  # (H * repeat, A)
             executed = plan[:n].numpy()
