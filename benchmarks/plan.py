@@ -72,8 +72,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reuse", action="store_true", help="keep an existing dataset / trained run")
     ap.add_argument("--recipe", default="train/plan_point_push_h8.toml")
-    ap.add_argument("--base-recipe", default="train/plan_point_push.toml",
-                    help="the run --recipe starts from (its train.init), trained first; '' when it has none")
     ap.add_argument("--env-scale-run", default="train/runs/sna_point_push",
                     help="the Train issue's default run, for the time-scale lever (skipped if missing)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -92,16 +90,15 @@ def main() -> None:
     from foresight import recipes, training
     from foresight.planning import mpc
 
-    base_minutes = trained_run(args.base_recipe, "data/point_push_plan.toml", args.reuse, args.workers)[1] \
-        if args.base_recipe else 0.0
-    run, train_minutes = trained_run(args.recipe, "data/point_push_plan.toml", args.reuse, args.workers)
-    train_minutes += base_minutes
+    run, chain_minutes = trained_run(args.recipe, "data/point_push_plan.toml", args.reuse, args.workers)
+    known = [m for m in chain_minutes.values() if m is not None]
     sh(EXE, "eval", str(run))
     quality = json.loads((run / "eval.json").read_text())
     result = {"date": date.today().isoformat(),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                          f"speed with {args.threads} thread(s)",
-              "model_run": str(run.relative_to(REPO)), "model_train_minutes": round(train_minutes, 2),
+              "model_run": str(run.relative_to(REPO)), "model_train_minutes": round(sum(known), 2) if len(known) == len(chain_minutes) else None,
+              "model_train_minutes_by_run": {k: m if m is None else round(m, 2) for k, m in chain_minutes.items()},
               "model_psnr_gain_db": round(quality["psnr_gain_db"], 2),
               "model_tracking_ratio": round(quality.get("tracking_ratio", float("nan")), 3)}
     results_dir = REPO / "plan" / "results"

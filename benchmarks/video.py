@@ -94,7 +94,8 @@ def main() -> None:
     from foresight import training
     from foresight.models.video import VideoPredictionConfig, VideoPredictionModel, flops_per_frame
 
-    run, train_minutes = trained_run(args.recipe, "data/point_push.toml", args.reuse, os.cpu_count() or 1)
+    run, chain_minutes = trained_run(args.recipe, "data/point_push.toml", args.reuse, os.cpu_count() or 1)
+    train_minutes = sum(m or 0.0 for m in chain_minutes.values())
     sh(EXE, "eval", str(run))
     quality = json.loads((run / "eval.json").read_text())
 
