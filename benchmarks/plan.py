@@ -2,9 +2,9 @@
 and the planner's speed with its levers.
 
 Writes benchmarks/results/plan.json. Steps:
-  1. the planning dataset (data/point_push_plan.toml) collected and the default planning model
-     (train/plan_point_push.toml, then its fine-tuning at the planner's horizon train/plan_point_push_h8.toml)
-     trained, if missing (--reuse keeps existing runs);
+  1. the planning dataset (data/point_push_plan.toml) collected and the default planning model (--recipe)
+     trained, after the runs it fine-tunes (each recipe's train.init, e.g. train/plan_point_push.toml), if
+     missing (--reuse keeps existing runs);
   2. plan/point_push.toml with the model, random actions and the oracle (CEM on the true simulator),
      its tasks spread over --workers processes of one thread each;
   2b. the model planner again with each other way of knowing where the designated pixel is after executing
