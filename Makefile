@@ -24,14 +24,15 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/collect.py
 
-# the planning model shipped in pretrained/ for `make demo`: collect, train, fine-tune at the planner's horizon,
-# copy (about 1.7 hours on 2 cores)
+# the planning model shipped in pretrained/ for `make demo`: collect, train, fine-tune twice at the planner's
+# horizon, copy (about 3 hours on 2 cores)
 pretrained: $(STAMP)
 	$(BIN)/foresight collect data/point_push_plan.toml --workers 2
 	$(BIN)/foresight train train/plan_point_push.toml
 	$(BIN)/foresight train train/plan_point_push_h8.toml
-	$(BIN)/foresight eval train/runs/plan_point_push_h8
-	$(BIN)/foresight export train/runs/plan_point_push_h8 pretrained/plan_point_push
+	$(BIN)/foresight train train/plan_point_push_h8b.toml
+	$(BIN)/foresight eval train/runs/plan_point_push_h8b
+	$(BIN)/foresight export train/runs/plan_point_push_h8b pretrained/plan_point_push
 
 clean:
 	rm -rf out .pytest_cache

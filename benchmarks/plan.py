@@ -3,7 +3,7 @@ and the planner's speed with its levers.
 
 Writes benchmarks/results/plan.json. Steps:
   1. the planning dataset (data/point_push_plan.toml) collected and the default planning model (--recipe)
-     trained, after the runs it fine-tunes (each recipe's train.init, e.g. train/plan_point_push.toml), if
+     trained, after the runs it fine-tunes (each recipe's train.init: train/plan_point_push.toml, then _h8.toml), if
      missing (--reuse keeps existing runs);
   2. plan/point_push.toml with the model, random actions and the oracle (CEM on the true simulator),
      its tasks spread over --workers processes of one thread each;
@@ -71,7 +71,7 @@ def replan_seconds(suite, predictor, replans: int = 3) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reuse", action="store_true", help="keep an existing dataset / trained run")
-    ap.add_argument("--recipe", default="train/plan_point_push_h8.toml")
+    ap.add_argument("--recipe", default="train/plan_point_push_h8b.toml")
     ap.add_argument("--env-scale-run", default="train/runs/sna_point_push",
                     help="the Train issue's default run, for the time-scale lever (skipped if missing)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)

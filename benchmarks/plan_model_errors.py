@@ -15,7 +15,7 @@ as the simulator gives it. A model that plans well promises about what it delive
 question: "oracle_plan_above_rest" is the share of tasks in which the model's cost of the oracle's plan is above
 its cost of resting (zero actions): there no amount of sampling finds the oracle's plan, the model is the limit.
 
-    python benchmarks/plan_model_errors.py [--model train/runs/plan_point_push_h8] [--tasks 20] [--set cem.samples=50]
+    python benchmarks/plan_model_errors.py [--model train/runs/plan_point_push_h8b] [--tasks 20] [--set cem.samples=50]
 
 Writes benchmarks/results/plan_model_errors.json.
 """
@@ -39,7 +39,7 @@ REPO = HERE.parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="train/runs/plan_point_push_h8", help="a run folder (relative to the repository)")
+    ap.add_argument("--model", default="train/runs/plan_point_push_h8b", help="a run folder (relative to the repository)")
     ap.add_argument("--suite", default=str(REPO / "plan" / "point_push.toml"))
     ap.add_argument("--tasks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)

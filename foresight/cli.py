@@ -295,7 +295,7 @@ def cmd_demo(args) -> int:
     print(f"      {info['episodes']} episodes, objects moved in {100 * info['moved_fraction']:.0f}% of them")
     print("[2/3] drawing the dataset")
     pics = show_dataset(data, 6, out / "preview")
-    run = REPO / "pretrained" / "plan_point_push"  # made by `make pretrained` (train/plan_point_push.toml)
+    run = REPO / "pretrained" / "plan_point_push"  # made by `make pretrained` (train/plan_point_push_h8b.toml)
     print(f"[3/3] visual MPC: pushing the block to a goal pixel in {args.tasks} tasks of plan/point_push.toml "
           f"with the shipped planning model ({run.relative_to(REPO)}) and with random actions")
     model, learner, resolved, _ = training.load_run(run)

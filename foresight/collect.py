@@ -202,7 +202,7 @@ def _resolve_planner(recipe: CollectRecipe, env: gym.Env, source: str) -> Collec
     if p.planner == "model":
         if not p.model:
             raise ForesightError(f"{source}: key 'policy.model': planner 'model' needs a training run, e.g. "
-                                 f"model = \"../train/runs/plan_point_push_h8\"")
+                                 f"model = \"../train/runs/plan_point_push_h8b\"")
         model = str((base / p.model).resolve())
         _PLANNERS.pop((str(suite_path), model), None)  # the run may have been retrained since this process loaded it
         _, predictor = _planner(dataclasses.replace(p, suite=str(suite_path), model=model))
