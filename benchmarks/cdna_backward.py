@@ -12,14 +12,13 @@ step of the planning recipe's model with each path.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
 
+from foresight import evaluation
 from foresight.models import video
 
 HERE = Path(__file__).resolve().parent
@@ -76,8 +75,7 @@ def main() -> None:
         video.cdna_transform = saved
     result = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
+        "machine": evaluation.machine(torch.get_num_threads()),
         "forward_plus_backward": ops,
         "planning_recipe_training_step_s": {"hand_written": round(ours, 3), "autograd": round(theirs, 3),
                                             "speedup": round(theirs / ours, 2)},

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import shutil
 import tempfile
 import time
@@ -20,7 +19,7 @@ from datetime import date
 from pathlib import Path
 
 import foresight  # noqa: F401  (EGL before mujoco)
-from foresight import collect, recipes
+from foresight import collect, evaluation, recipes
 
 HERE = Path(__file__).resolve().parent
 
@@ -77,8 +76,7 @@ def main() -> None:
     point_1 = foresight_fps(repo / "data" / "point_push.toml", args.episodes // 2, 1, [])
     gym_default = gymnasium_default_fps(args.gym_steps, args.workers)
     result = {
-        "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{mp.cpu_count()} cores", "workers": args.workers, "image": "64x64",
+        "date": date.today().isoformat(), "machine": evaluation.machine(), "workers": args.workers, "image": "64x64",
         "point_push_fps": round(point["fps"], 1),
         "point_push_fps_1_worker": round(point_1["fps"], 1),
         "point_push_moved_fraction": round(point["moved_fraction"], 3),

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -225,6 +224,7 @@ def main() -> None:
         ap.error(f"--systems: unknown {unknown}" if unknown else "--seeds and --pairs must be >= 1")
 
     import foresight  # noqa: F401  (environments, EGL)
+    from foresight import evaluation
 
     THREADS["n"] = max(1, args.threads)
     torch.set_num_threads(THREADS["n"])  # the planning in this process
@@ -233,8 +233,7 @@ def main() -> None:
     out = Path(args.out or HERE / "results" / (f"e2c_{args.tag}.json" if args.tag else "e2c.json"))
     result = {  # this run's keys; save() merges them into the file, keeping the other systems' figures
         "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
+        "machine": evaluation.machine(torch.get_num_threads()),
         "protocol": "percentage of steps in the goal region; mean and std over models x start-goal pairs",
         "targets": {"planar": "E2C above PCC (56.6), aim PC3 (74.4)", "swingup": "E2C above PCC (26.4), aim PC3 (58.4)",
                     "train_minutes": "<= 10 per model on 2 cores"},

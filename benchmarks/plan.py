@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from datetime import date
 from pathlib import Path
@@ -87,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import foresight  # noqa: F401
-    from foresight import recipes, training
+    from foresight import evaluation, recipes, training
     from foresight.planning import mpc
 
     run, chain_minutes = trained_run(args.recipe, "data/point_push_plan.toml", args.reuse, args.workers)
@@ -95,8 +94,7 @@ def main() -> None:
     sh(EXE, "eval", str(run))
     quality = json.loads((run / "eval.json").read_text())
     result = {"date": date.today().isoformat(),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                         f"speed with {args.threads} thread(s)",
+              "machine": evaluation.machine(f"speed with {args.threads}"),
               "model_run": str(run.relative_to(REPO)), "model_train_minutes": round(sum(known), 2) if len(known) == len(chain_minutes) else None,
               "model_train_minutes_by_run": {k: m if m is None else round(m, 2) for k, m in chain_minutes.items()},
               "model_psnr_gain_db": round(quality["psnr_gain_db"], 2),

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from datetime import date
 from pathlib import Path
@@ -101,8 +99,7 @@ def main() -> None:
         return round(float(np.mean([r[plan][key] for r in per_task])), 3)
 
     result = {"date": date.today().isoformat(),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                         f"{args.threads} thread(s)",
+              "machine": evaluation.machine(args.threads),
               "model": args.model,
               "suite": str(Path(args.suite).name), "overrides": args.set, "tasks": len(per_task)}
     for plan in ("model_plan", "oracle_plan"):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from datetime import date
@@ -29,7 +28,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from runs import EXE, REPO, sh, trained_run  # noqa: E402
+from runs import EXE, sh, trained_run  # noqa: E402
 PORT_INFER_FPS, PORT_TRAIN_FPS = 46.0, 20.0  # public CDNA port, paper widths, 2 cores (issue figures)
 
 
@@ -91,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import foresight  # noqa: F401
-    from foresight import training
+    from foresight import evaluation, training
     from foresight.models.video import VideoPredictionConfig, VideoPredictionModel, flops_per_frame
 
     run, chain_minutes = trained_run(args.recipe, "data/point_push.toml", args.reuse, os.cpu_count() or 1)
@@ -122,8 +121,7 @@ def main() -> None:
 
     result = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
+        "machine": evaluation.machine(torch.get_num_threads()),
         "recipe": args.recipe, "variant": cfg.variant, "widths": list(cfg.widths), "lstm_kernel": cfg.lstm_kernel,
         "train_steps": learner.settings.steps, "batch_size": learner.settings.batch_size,
         "psnr_gain_db": round(quality["psnr_gain_db"], 3),

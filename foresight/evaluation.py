@@ -58,6 +58,22 @@ def expected_distance(dist: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return (dist.float() * d).sum((-2, -1))
 
 
+def machine(threads: str | int | None = None) -> str:
+    """The machine a benchmark ran on, for its JSON: CPU model (speed depends on it, not only on the core
+    count), cores, torch version and, when given, the threads it used."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass  # not Linux: platform's name
+    text = f"{cpu} ({platform.machine()}), {os.cpu_count()} cores, torch {torch.__version__}"
+    return text if threads is None else f"{text}, {threads} thread(s)"
+
+
 def write_json(path: Path, data: dict) -> Path:
     """Write through a temporary file and an atomic rename (the dataset store's way)."""
     path.parent.mkdir(parents=True, exist_ok=True)
