@@ -6,7 +6,8 @@ import torch
 
 from foresight.errors import ForesightError
 from foresight.planning.cem import CEM, CEMConfig, colored_noise, repeat_actions
-from foresight.planning.costs import DesignatedPixelCost, designated_pixel_cost, goal_image_cost, step_weights
+from foresight.planning.costs import (DesignatedPixelCost, action_cost, designated_pixel_cost, goal_image_cost,
+                                     step_weights)
 
 LOW, HIGH = [-2.0, -1.0], [2.0, 3.0]
 
@@ -226,6 +227,33 @@ def test_cost_ending_with_the_task_weighs_its_last_step_and_ignores_the_rest():
     torch.testing.assert_close(cost(late, end=2), cost(late[:, :2]))
     with pytest.raises(ForesightError, match="end must be an integer >= 1"):
         cost(late, end=0)
+
+
+def test_mean_distance_ignores_the_spread_that_the_expected_distance_counts():
+    goal = [[8.0, 10.0]]
+    blur = torch.zeros(1, 1, 1, 16, 20)
+    blur[..., 8, 7] = blur[..., 8, 13] = 0.5  # centred on the goal, 3 px either side
+    expected = DesignatedPixelCost(goal, (16, 20), last_weight=1.0)
+    mean = DesignatedPixelCost(goal, (16, 20), last_weight=1.0, distance="mean")
+    assert expected(blur).item() == pytest.approx(3.0) and mean(blur).item() == pytest.approx(0.0, abs=1e-6)
+    # a sharp distribution: both are its distance; moved toward the goal, both fall
+    for row in (2, 5):
+        sharp = delta(16, 20, row, 10).view(1, 1, 1, 16, 20)
+        assert mean(sharp).item() == pytest.approx(expected(sharp).item()) == pytest.approx(8.0 - row)
+    # unnormalised mass: the centre of mass, not the sum
+    torch.testing.assert_close(mean(blur * 3), mean(blur))
+    with pytest.raises(ForesightError, match=r"distance must be one of \('expected', 'mean'\), got 'mode'"):
+        DesignatedPixelCost(goal, (16, 20), distance="mode")
+
+
+def test_action_cost_is_the_weighted_effort_over_the_counted_steps():
+    actions = torch.tensor([[[1.0, 0.0], [0.5, -0.5], [0.0, 2.0]], [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    torch.testing.assert_close(action_cost(actions, 2.0), torch.tensor([2.0 * (1 + 0.5 + 4), 0.0]))
+    torch.testing.assert_close(action_cost(actions, 2.0, end=2), torch.tensor([2.0 * (1 + 0.5), 0.0]))
+    with pytest.raises(ForesightError, match="action_weight must be a finite number >= 0"):
+        action_cost(actions, -1.0)
+    with pytest.raises(ForesightError, match=r"actions must have shape \(N, T, A\)"):
+        action_cost(actions[0], 1.0)
 
 
 def test_designated_pixel_cost_is_lower_nearer_the_goal():

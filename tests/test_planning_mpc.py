@@ -61,6 +61,21 @@ def test_the_cost_ends_with_the_task_when_asked(env, monkeypatch, until_end):
     assert ends == ([12, 9, 6, 3] if until_end else [None] * 4)
 
 
+def test_with_an_effort_weight_the_planner_keeps_still_once_the_object_is_at_its_goal(env):
+    """mpc.action_weight: every plan leaves the block where it is (its goal), so without the effort term CEM's
+    choice among them is arbitrary and the pusher wanders; with it the pusher keeps (almost) still."""
+    s = suite(tasks=1, steps=6, reset_options={"pusher_near": 0.06})
+    task = mpc.make_tasks(s, env)[0]
+    task = mpc.Task(task.index, task.seed, task.designated, task.designated.copy())  # the goal: where it is
+    moved = {}
+    for weight in (0.0, 1.0):
+        ws = suite(tasks=1, steps=6, reset_options={"pusher_near": 0.06}, mpc={"action_weight": weight})
+        o = mpc.run_task(env, task, ws, "oracle", record=False, keep_episode=True)
+        moved[weight] = float(np.linalg.norm(o.episode["actions"], axis=-1).mean())
+        assert o.success
+    assert moved[1.0] < 0.25 * moved[0.0], moved  # mean |action| per step, 1 = full speed
+
+
 def test_model_planner_runs_end_to_end_and_writes_results(env, tmp_path):
     torch.manual_seed(0)
     cfg = VideoPredictionConfig.small("sna", image_size=(64, 64), channels=3, action_dim=2,

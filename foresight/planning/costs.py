@@ -22,6 +22,11 @@ Sharpening (``sharpen`` = s >= 1): the expectation is taken under P^s / sum P^s 
 diffuse (a smear along the pusher's path) and the object's own mass is concentrated, so raising P to a power
 keeps the object's blob and all but drops the smear: the cost follows where most of the object is predicted
 to be, not its mean, which a leak drags toward the goal. s = 1 is visual foresight's cost.
+
+Mean distance (``distance = "mean"``): each step's term is ||E_P[p] - g||, the distance of the distribution's centre
+of mass, instead of E_P[||p - g||]. A blurred prediction of the object at the goal has an expected distance of
+about its spread, so near the goal the expected distance cannot tell a precise push from a blur; the centre of mass
+can (it ignores spread altogether, which spread_weight adds back if wanted).
 """
 from __future__ import annotations
 
@@ -45,8 +50,12 @@ def step_weights(steps: int, last_weight: float, end: int | None = None) -> torc
     return w
 
 
+DISTANCES = ("expected", "mean")
+
+
 class DesignatedPixelCost:
-    """Expected Euclidean pixel distance of K predicted distributions to their K goal pixels.
+    """Euclidean pixel distance of K predicted distributions to their K goal pixels: expected under each
+    distribution (visual foresight), or of its centre of mass with ``distance = "mean"``.
 
     goals (K, 2) are (row, col) pixel coordinates, floats allowed, (0, 0) the centre of the top-left pixel;
     image_size is (H, W); weights (K,) weigh the designated pixels (default all 1). The K distance maps are
@@ -54,7 +63,7 @@ class DesignatedPixelCost:
     """
 
     def __init__(self, goals, image_size, weights=None, last_weight: float = 10.0, spread_weight: float = 0.0,
-                 sharpen: float = 1.0):
+                 sharpen: float = 1.0, distance: str = "expected"):
         self.goals = _tensor("goals", goals)  # (K, 2)
         if self.goals.dim() != 2 or self.goals.shape[1] != 2 or self.goals.shape[0] == 0:
             raise ForesightError(f"goals must have shape (K, 2) of (row, col) pixels, got {tuple(self.goals.shape)}")
@@ -72,6 +81,9 @@ class DesignatedPixelCost:
         self.sharpen = _nonnegative("sharpen", sharpen)
         if self.sharpen < 1:
             raise ForesightError(f"sharpen must be a number >= 1 (1 = the plain expected distance), got {sharpen!r}")
+        if distance not in DISTANCES:
+            raise ForesightError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        self.distance = distance
         self.image_size = (int(image_size[0]), int(image_size[1]))
         h, w = self.image_size
         rows = torch.arange(h, dtype=torch.float32).view(1, h, 1)
@@ -95,14 +107,18 @@ class DesignatedPixelCost:
             peak = dists.amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(dists.dtype).tiny)
             dists = (dists.clamp_min(0) / peak) ** self.sharpen  # scaled by the peak first: no underflow
         mass = dists.sum(dim=(-2, -1))  # (N, T, K)
-        expected = torch.einsum("ntkhw,khw->ntk", dists, maps)
         # divide by the mass: a model that leaks probability off the image must not be rewarded for it;
         # a distribution that lost all its mass counts as far from the goal as the image allows
         lost = mass <= 1e-12
         safe_mass = torch.where(lost, torch.ones_like(mass), mass)
-        expected = torch.where(lost, farthest, expected / safe_mass)
-        if self.spread_weight > 0:
+        if self.distance == "mean" or self.spread_weight > 0:
             m = torch.einsum("ntkhw,mhw->ntkm", dists, moments) / safe_mass[..., None]  # E[r], E[c], E[r^2 + c^2]
+        if self.distance == "mean":
+            expected = (m[..., :2] - self.goals.to(m.device, m.dtype)).norm(dim=-1)  # (N, T, K)
+        else:
+            expected = torch.einsum("ntkhw,khw->ntk", dists, maps) / safe_mass
+        expected = torch.where(lost, farthest, expected)
+        if self.spread_weight > 0:
             spread = (m[..., 2] - m[..., 0] ** 2 - m[..., 1] ** 2).clamp_min(0).sqrt()  # (N, T, K)
             expected = expected + self.spread_weight * torch.where(lost, torch.zeros_like(spread), spread)
         lam = step_weights(dists.shape[1], self.last_weight, end).to(dists.device, dists.dtype)  # (T,)
@@ -123,6 +139,20 @@ def designated_pixel_cost(dists: torch.Tensor, goals, weights=None, last_weight:
         shape = tuple(dists.shape) if torch.is_tensor(dists) else type(dists).__name__
         raise ForesightError(f"dists must have shape (N, T, K, H, W), got {shape}")
     return DesignatedPixelCost(goals, tuple(dists.shape[-2:]), weights, last_weight)(dists)
+
+
+def action_cost(actions: torch.Tensor, weight: float, end: int | None = None) -> torch.Tensor:
+    """actions (N, T, A) -> (N,): weight * sum_t |a_t|^2 over the plan's first ``end`` steps (all by default).
+
+    Not in visual foresight's cost, but the usual MPC effort term: once the object is where it should be, every
+    plan that leaves it alone costs the same and CEM would pick any of them, often one whose pusher strays into
+    the object in a way the model fails to predict; a small effort weight makes the planner keep still instead.
+    """
+    if not torch.is_tensor(actions) or actions.dim() != 3:
+        shape = tuple(actions.shape) if torch.is_tensor(actions) else type(actions).__name__
+        raise ForesightError(f"actions must have shape (N, T, A), got {shape}")
+    steps = actions.shape[1] if end is None else min(end, actions.shape[1])
+    return _nonnegative("action_weight", weight) * actions[:, :steps].pow(2).sum(dim=(1, 2))
 
 
 def goal_image_cost(frames: torch.Tensor, goal: torch.Tensor, last_weight: float = 10.0) -> torch.Tensor:

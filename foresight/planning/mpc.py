@@ -23,7 +23,7 @@ import torch
 from foresight import datasets, evaluation, viz
 from foresight.errors import ForesightError
 from foresight.planning.cem import CEM, CEMConfig, repeat_actions
-from foresight.planning.costs import DesignatedPixelCost, step_weights
+from foresight.planning.costs import DISTANCES, DesignatedPixelCost, action_cost, step_weights
 from foresight.planning.tracking import ColorTracker
 from foresight.recipes import spec
 
@@ -48,6 +48,14 @@ class MPCSettings:
     sharpen: float = spec(1.0, min=1.0, help="the designated-pixel cost takes its expectation under P^sharpen "
                                              "(renormalised): follows the object's blob, not mass leaked along the "
                                              "pusher's path; 1 = visual foresight's expected distance")
+    distance: str = spec("expected", choices=DISTANCES,
+                         help="the designated-pixel cost per step: 'expected' distance to the goal under the "
+                              "predicted distribution (visual foresight), or the distance of its 'mean' (centre of "
+                              "mass), which a blurred prediction at the goal does not inflate")
+    action_weight: float = spec(0.0, min=0.0, help="weight of the plan's effort, the sum over its steps of "
+                                                   "|action|^2, added to the cost (model and oracle): when no plan "
+                                                   "is predicted to move the object, keep still rather than "
+                                                   "wander into it")
     amp: str = spec("off", choices=("off", "bf16"), help="bf16 autocast for the model's predictions")
 
 
@@ -213,6 +221,11 @@ def oracle_score(sim, cem: CEM, goals: np.ndarray, last_weight: float, end: int 
     return score
 
 
+def _with_effort(score, cem: CEM, weight: float, end: int | None):
+    """score plus the plan's effort (``costs.action_cost``) over the steps the cost counts."""
+    return lambda actions: score(actions) + action_cost(cem.expand(actions), weight, end)
+
+
 def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predictor: VideoPredictor | None = None,
              record: bool = True, keep_episode: bool = False) -> Outcome:
     """Run one task with one planner; record a video of it when asked, and with ``keep_episode`` the
@@ -238,7 +251,8 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
     dist = evaluation.delta_distribution(to_model_pixels(task.designated)[None], h, w)[0]  # (K, h, w)
     tracker = ColorTracker(obs, task.designated) if planner == "model" and suite.mpc.track == "registration" else None
     cost = DesignatedPixelCost(to_model_pixels(task.goals), (h, w), last_weight=suite.mpc.last_weight,
-                               spread_weight=suite.mpc.spread_weight, sharpen=suite.mpc.sharpen)
+                               spread_weight=suite.mpc.spread_weight, sharpen=suite.mpc.sharpen,
+                               distance=suite.mpc.distance)
     video, plan_seconds, model_before, replans = [], 0.0, predictor.seconds if predictor else 0.0, 0
     episode = {"frames": [obs], "actions": [], "states": [info["state"]], "points": [info["points"]]} \
         if keep_episode else None
@@ -259,6 +273,8 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
 
                 def score(actions):
                     return cost(predictor(ctx, past_t, cem.expand(actions), dist, suite.mpc.amp)[1], end)
+            if suite.mpc.action_weight > 0:
+                score = _with_effort(score, cem, suite.mpc.action_weight, end)
             result = cem.plan(score)
             plan = cem.expand(result.best)  # (H * repeat, A)
             executed = plan[:n].numpy()
