@@ -47,6 +47,9 @@ def test_oracle_solves_tiny_tasks_and_beats_random(env):
     oracle = [mpc.run_task(env, t, s, "oracle", record=False) for t in tasks]
     random = [mpc.run_task(env, t, s, "random", record=False) for t in tasks]
     assert sum(o.success for o in oracle) >= 2, [o.final_distance for o in oracle]
+    for o in oracle + random:  # the true distance after every step, ending at the final one
+        assert len(o.distances) == s.steps and o.distances[-1] == pytest.approx(o.final_distance)
+        assert o.summary()["distance_per_step"][-1] == pytest.approx(o.final_distance, abs=0.01)
     assert mpc.aggregate(oracle)["final_over_start"] < 0.5 * mpc.aggregate(random)["final_over_start"]
 
 

@@ -98,6 +98,7 @@ class Outcome:
     replans: int
     seconds_per_replan: float
     model_seconds_per_replan: float
+    distances: list[float] = field(default_factory=list)  # mean true distance to the goals after each step
     video: list[np.ndarray] = field(default_factory=list, repr=False)
     episode: dict | None = field(default=None, repr=False)
 
@@ -105,7 +106,8 @@ class Outcome:
         return {"task": self.task.index, "seed": self.task.seed, "designated": self.task.designated.tolist(),
                 "goals": self.task.goals.tolist(), "start_distance": round(self.start_distance, 3),
                 "final_distance": round(self.final_distance, 3), "success": self.success,
-                "seconds_per_replan": round(self.seconds_per_replan, 4)}
+                "seconds_per_replan": round(self.seconds_per_replan, 4),
+                "distance_per_step": [round(d, 2) for d in self.distances]}
 
 
 def make_tasks(suite: SuiteRecipe, env: gym.Env, source: str = "suite") -> list[Task]:
@@ -256,7 +258,7 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
     video, plan_seconds, model_before, replans = [], 0.0, predictor.seconds if predictor else 0.0, 0
     episode = {"frames": [obs], "actions": [], "states": [info["state"]], "points": [info["points"]]} \
         if keep_episode else None
-    predicted_frames = None
+    predicted_frames, per_step = None, []
     t = 0
     while t < suite.steps:
         n = min(suite.mpc.replan_every, suite.steps - t)
@@ -290,6 +292,7 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
                 for key, value in (("frames", obs), ("actions", action), ("states", info["state"]),
                                    ("points", info["points"])):
                     episode[key].append(value)
+            per_step.append(float(np.linalg.norm(info["points"][:K] - task.goals, axis=-1).mean()))
             tracked = tracker.update(obs) if tracker is not None else None
             if record:
                 shown = predicted_dists[0, j] if planner == "model" else None
@@ -310,7 +313,8 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
         final_distance=float(distances.mean()), success=bool((distances <= suite.success_px).all()),
         replans=replans, seconds_per_replan=plan_seconds / max(replans, 1),
         model_seconds_per_replan=((predictor.seconds - model_before) / max(replans, 1)) if predictor else 0.0,
-        video=video, episode={k: np.stack(v) for k, v in episode.items()} if episode is not None else None)
+        distances=per_step, video=video,
+        episode={k: np.stack(v) for k, v in episode.items()} if episode is not None else None)
 
 
 def _panel(frame, points, goals, dist, predicted) -> np.ndarray:
