@@ -92,7 +92,7 @@ class DesignatedPixelCost:
         self.maps = torch.sqrt((rows - g[:, 0]) ** 2 + (cols - g[:, 1]) ** 2)  # (K, H, W) distance to goal k
         # (3, H, W): row, col and row^2 + col^2, whose expectations give each distribution's spread
         self.moments = torch.cat([rows.expand(1, h, w), cols.expand(1, h, w), rows ** 2 + cols ** 2])
-        self._cache = {}  # (device, dtype) -> (maps, weights, farthest, moments) on that device
+        self._cache = {}  # (device, dtype) -> (maps, weights, farthest, moments, goals) on that device
 
     def __call__(self, dists: torch.Tensor, end: int | None = None) -> torch.Tensor:
         """dists (N, T, K, H, W) distributions over pixels -> (N,) costs; ``end``: see step_weights."""
@@ -102,7 +102,7 @@ class DesignatedPixelCost:
             raise ForesightError(f"dists must have shape (N, T, {k}, {h}, {w}), got {shape}")
         if not dists.is_floating_point():
             raise ForesightError(f"dists must be a floating-point tensor, got {dists.dtype}")
-        maps, weights, farthest, moments = self._on(dists.device, dists.dtype)
+        maps, weights, farthest, moments, goals = self._on(dists.device, dists.dtype)
         if self.sharpen != 1:  # P^s, renormalised below with the mass
             peak = dists.amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(dists.dtype).tiny)
             dists = (dists.clamp_min(0) / peak) ** self.sharpen  # scaled by the peak first: no underflow
@@ -114,7 +114,7 @@ class DesignatedPixelCost:
         if self.distance == "mean" or self.spread_weight > 0:
             m = torch.einsum("ntkhw,mhw->ntkm", dists, moments) / safe_mass[..., None]  # E[r], E[c], E[r^2 + c^2]
         if self.distance == "mean":
-            expected = (m[..., :2] - self.goals.to(m.device, m.dtype)).norm(dim=-1)  # (N, T, K)
+            expected = (m[..., :2] - goals).norm(dim=-1)  # (N, T, K)
         else:
             expected = torch.einsum("ntkhw,khw->ntk", dists, maps) / safe_mass
         expected = torch.where(lost, farthest, expected)
@@ -129,7 +129,7 @@ class DesignatedPixelCost:
         if key not in self._cache:
             maps = self.maps.to(device, dtype)
             self._cache[key] = (maps, self.weights.to(device, dtype), maps.flatten(1).amax(1),
-                                self.moments.to(device, dtype))
+                                self.moments.to(device, dtype), self.goals.to(device, dtype))
         return self._cache[key]
 
 
