@@ -49,6 +49,15 @@ def delta_distribution(points: torch.Tensor, height: int, width: int) -> torch.T
     return dist.view(B, K, height, width)
 
 
+def centre_of_mass(dist: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) distributions (any positive mass) -> (..., 2) their mean (row, col) pixel."""
+    H, W = dist.shape[-2:]
+    mass = dist.sum((-2, -1)).clamp_min(1e-12)
+    rows = torch.arange(H, device=dist.device, dtype=dist.dtype)
+    cols = torch.arange(W, device=dist.device, dtype=dist.dtype)
+    return torch.stack([(dist.sum(-1) * rows).sum(-1), (dist.sum(-2) * cols).sum(-1)], -1) / mass[..., None]
+
+
 def expected_distance(dist: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """E[|pixel - point|] under each distribution. dist (..., K, H, W), points (..., K, 2) -> (..., K)."""
     H, W = dist.shape[-2:]

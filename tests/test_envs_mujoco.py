@@ -356,3 +356,28 @@ def test_point_push_pusher_pixels_from_states_land_on_the_pusher(make):
     for (r, c), obs in zip(pixels[:, 0], frames):
         rows, cols = np.nonzero(obs.astype(int).sum(-1) < 100)  # the pusher is the only near-black thing
         assert len(rows) >= 10 and np.hypot(rows.mean() - r, cols.mean() - c) < 0.5
+
+
+def test_point_push_pusher_path_follows_the_simulated_pusher(make):
+    """pusher_path (kinematics alone, no simulation) lands near the simulator's pusher when nothing is in its way:
+    the servo's lag keeps it within ~1.5 px (64x64) over 8 actions held 3 control steps."""
+    env = make("foresight/PointPush-v0", action_repeat=3)
+    u = env.unwrapped
+    obs, info = env.reset(seed=2)
+    pusher = point_push.pusher_pixels(info["state"], 64, 64)[0]
+    block = info["points"][0]
+    away = (pusher - block) / np.linalg.norm(pusher - block)  # (row, col): move away from the block
+    # rows grow downward = world -y; cols grow with world x, so the action (x, y) away is (col, -row)
+    actions = np.tile(0.4 * np.array([away[1], -away[0]]), (1, 8, 1)) + 0.2 * np.sin(np.arange(8))[None, :, None]
+    path = point_push.pusher_path(info["state"], actions, 64, 64, action_repeat=3)
+    assert path.shape == (1, 8, 2)
+    start = u.get_sim_state()
+    for t, a in enumerate(actions[0]):
+        _, _, _, _, info = env.step(a)
+        true = point_push.pusher_pixels(info["state"], 64, 64)[0]
+        assert np.hypot(*(path[0, t] - true)) < 1.5, (t, path[0, t], true)
+    assert np.hypot(*(path[0, -1] - pusher)) > 8  # it did move
+    u.set_sim_state(start)
+    # walls: a long push into one stops at it
+    far = point_push.pusher_path(info["state"], np.ones((1, 40, 2)), 64, 64, action_repeat=3)
+    np.testing.assert_allclose(far[0, -1], far[0, -2])

@@ -6,8 +6,8 @@ import torch
 
 from foresight.errors import ForesightError
 from foresight.planning.cem import CEM, CEMConfig, colored_noise, repeat_actions
-from foresight.planning.costs import (DesignatedPixelCost, action_cost, designated_pixel_cost, goal_image_cost,
-                                     step_weights)
+from foresight.planning.costs import (DesignatedPixelCost, action_cost, approach_cost, designated_pixel_cost,
+                                     goal_image_cost, step_weights)
 
 LOW, HIGH = [-2.0, -1.0], [2.0, 3.0]
 
@@ -372,3 +372,31 @@ def test_sharpened_cost_follows_the_objects_blob_not_a_smear_of_leaked_mass():
     assert sharp(tiny).item() == pytest.approx(sharp(still).item(), abs=1e-4)
     with pytest.raises(ForesightError, match="sharpen must be a number >= 1"):
         DesignatedPixelCost(goal, (h, w), sharpen=0.5)
+
+
+def test_approach_cost_draws_the_agent_round_to_the_objects_far_side():
+    """The goal lies between agent and object: a plan ending behind the object (its far side from the goal) costs
+    less than keeping still or backing away; on the push point the term is zero; it fades as the object arrives."""
+    goal, obj = torch.tensor([[10.0, 10.0]]), torch.tensor([[10.0, 20.0]])  # object 10 px right of its goal
+    objects = obj.view(1, 1, 1, 2).expand(3, 4, 1, 2)  # the object does not move in any plan
+    start = torch.tensor([5.0, 10.0])
+    behind = torch.tensor([10.0, 29.0])  # 9 px past the object, away from the goal: the push point
+    still = start.expand(4, 2)
+    back = start + torch.linspace(1, 4, 4)[:, None] * torch.tensor([0.0, -2.0])
+    around = torch.stack([torch.tensor([2.0, 18.0]), torch.tensor([2.0, 26.0]), torch.tensor([6.0, 30.0]), behind])
+    agent = torch.stack([still, back, around])  # (3 plans, 4 steps, 2)
+    c = approach_cost(agent, objects, goal, obj, offset=9.0, weight=0.5, last_weight=1.0)
+    assert c[2] < c[0] < c[1], c
+    at_push = approach_cost(behind.view(1, 1, 2), obj.view(1, 1, 1, 2), goal, obj, offset=9.0, weight=1.0)
+    assert at_push.item() == pytest.approx(0.0, abs=1e-5)
+    # the object at 3 px from its goal: the term is a third of its size at >= 9 px
+    near = torch.tensor([[10.0, 13.0]])
+    far_term = approach_cost(start.view(1, 1, 2), near.view(1, 1, 1, 2), goal, obj, offset=9.0, weight=1.0)
+    near_term = approach_cost(start.view(1, 1, 2), near.view(1, 1, 1, 2), goal, near, offset=9.0, weight=1.0)
+    assert near_term.item() == pytest.approx(far_term.item() / 3, rel=1e-5)
+    with pytest.raises(ForesightError, match=r"agent must have shape \(N, T, 2\)"):
+        approach_cost(agent[0], objects, goal, obj, 9.0, 1.0)
+    with pytest.raises(ForesightError, match=r"objects must have shape \(3, 4, K, 2\)"):
+        approach_cost(agent, objects[:2], goal, obj, 9.0, 1.0)
+    with pytest.raises(ForesightError, match=r"offset must be a number of pixels > 0"):
+        approach_cost(agent, objects, goal, obj, 0.0, 1.0)

@@ -84,7 +84,8 @@ def test_model_planner_runs_end_to_end_and_writes_results(env, tmp_path):
     cfg = VideoPredictionConfig.small("sna", image_size=(64, 64), channels=3, action_dim=2,
                                       widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=3)
     predictor = mpc.VideoPredictor(VideoPredictionModel(cfg))
-    s = suite(tasks=1, steps=6, cem={"samples": 8, "elites": 2, "iterations": 1, "horizon": 2, "repeat": 3})
+    s = suite(tasks=1, steps=6, cem={"samples": 8, "elites": 2, "iterations": 1, "horizon": 2, "repeat": 3},
+              mpc={"approach_weight": 0.3})  # and the approach term on the model's predictions
     summary = mpc.run_suite(s, tmp_path, predictor, ["model", "random"], progress=False)
     assert summary["model"]["tasks"] == 1 and 0 <= summary["model"]["success"] <= 1
     assert summary["model"]["model_seconds_per_replan"] > 0
@@ -109,6 +110,10 @@ def test_bad_input_is_named(env, tmp_path):
         mpc.run_suite(suite(env="foresight/Nowhere-v0"), tmp_path, None, ["random"], "s.toml", progress=False)
     with pytest.raises(ForesightError, match="'designated'"):
         mpc.make_tasks(suite(designated=2), env, "s.toml")
+    arm = suite(env="foresight/ArmPush-v0", goal="env", mpc={"approach_weight": 0.3})
+    with pytest.raises(ForesightError, match=r"s.toml: key 'mpc.approach_weight': environment "
+                                             r"'foresight/ArmPush-v0' has no agent path \(supported: "):
+        mpc.run_suite(arm, tmp_path, None, ["oracle"], "s.toml", progress=False)
     with pytest.raises(ForesightError, match=r"table 'cem': CEMConfig.elites"):
         recipes.from_dict(mpc.SuiteRecipe, {**TINY, "cem": {"samples": 4, "elites": 9}}, "s.toml")
     run = subprocess.run([sys.executable, "-m", "foresight", "plan", "--env", "foresight/PointPush-v0",
@@ -203,3 +208,25 @@ def test_tracked_designated_pixels_restart_on_the_object(env, track):
     assert (seen[-1][0] > 0).sum() <= 4 and torch.allclose(seen[-1].sum(), torch.tensor(1.0))
     with pytest.raises(ForesightError, match=r"key 'mpc.track'"):
         suite(mpc={"track": "telepathy"})
+
+
+def test_with_an_approach_weight_the_planner_heads_round_the_object(env):
+    """mpc.approach_weight: the goal lies between the pusher and the block, so in a short look ahead no plan moves
+    the block closer and the designated-pixel cost cannot choose; the approach term sends the pusher round to the
+    block's far side."""
+    from foresight.envs import point_push
+
+    s = suite(tasks=1, steps=4, reset_options={"pusher_near": 0.03})
+    task = mpc.make_tasks(s, env)[0]
+    _, info = env.reset(seed=task.seed, options=s.reset_options)
+    block, pusher = info["points"][0].astype(np.float64), point_push.pusher_pixels(info["state"], 64, 64)[0]
+    toward = (pusher - block) / np.linalg.norm(pusher - block)
+    task = mpc.Task(task.index, task.seed, task.designated, (block + 10 * toward)[None])  # goal on the pusher's side
+    push_point = block - 9 * toward
+    gap = {}
+    for weight in (0.0, 1.0):
+        ws = suite(tasks=1, steps=4, reset_options={"pusher_near": 0.03}, mpc={"approach_weight": weight})
+        o = mpc.run_task(env, task, ws, "oracle", record=False, keep_episode=True)
+        gap[weight] = float(np.linalg.norm(point_push.pusher_pixels(o.episode["states"][-1], 64, 64)[0] - push_point))
+    start = float(np.linalg.norm(pusher - push_point))  # ~21 px; 4 control steps move the pusher <= ~10
+    assert gap[1.0] < start - 3 and gap[1.0] < 0.7 * gap[0.0], (start, gap)

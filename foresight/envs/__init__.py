@@ -38,3 +38,24 @@ def agent_pixels(env_id: str, height: int, width: int, where: str = "track_agent
                              f"{', '.join(sorted(AGENT_PIXELS))})")
     module, name = AGENT_PIXELS[env_id].split(":")
     return functools.partial(getattr(importlib.import_module(module), name), height=height, width=width)
+
+
+# The agent's own path (pixels after each action of a plan, from its kinematics and the calibrated camera), for
+# planner costs about where the agent goes (mpc.approach_weight).
+AGENT_PATHS = {"foresight/PointPush-v0": "foresight.envs.point_push:pusher_path"}
+
+
+def agent_path(env_id: str, height: int, width: int, action_repeat: int = 1, where: str = "mpc.approach_weight"):
+    """A picklable function: (state (S,), actions (N, T, A)) -> the agent's (row, col) pixel (N, T, 2) after each
+    action, at (height, width), the environment holding each action ``action_repeat`` control steps."""
+    import functools
+    import importlib
+
+    from foresight.errors import ForesightError
+
+    if env_id not in AGENT_PATHS:
+        raise ForesightError(f"{where}: environment {env_id!r} has no agent path (supported: "
+                             f"{', '.join(sorted(AGENT_PATHS))})")
+    module, name = AGENT_PATHS[env_id].split(":")
+    return functools.partial(getattr(importlib.import_module(module), name), height=height, width=width,
+                             action_repeat=action_repeat)

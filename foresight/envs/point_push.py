@@ -106,6 +106,23 @@ def pusher_pixels(states, height: int, width: int) -> np.ndarray:
     return pixels.reshape(*states.shape[:-1], 1, 2)
 
 
+def pusher_path(state, actions, height: int, width: int, action_repeat: int = 1) -> np.ndarray:
+    """The pusher's (row, col) pixel after each action of each sequence, from its kinematics alone:
+    state (4 + 6K,) and actions (N, T, 2) -> (N, T, 2) float32 in an (height, width) image.
+
+    The velocity servo (kv = 30) holds the commanded speed within a control step, so the pusher moves
+    action * MAX_SPEED * dt per step, kept inside the walls; what it knows nothing of is the blocks in its
+    way. What a robot knows of its own body (its commanded end-effector path, projected by the calibrated
+    camera), for planner costs about where the agent goes (``mpc.approach_weight``)."""
+    actions = np.clip(np.asarray(actions, dtype=np.float64), -1, 1)
+    step = MAX_SPEED * TIMESTEP * FRAME_SKIP * action_repeat
+    xy = np.asarray(state, dtype=np.float64)[:2] + np.cumsum(actions * step, axis=-2)  # (N, T, 2)
+    xy = np.clip(xy, -ARENA + PUSHER, ARENA - PUSHER)
+    world = np.concatenate([xy.reshape(-1, 2), np.full((xy[..., 0].size, 1), HEIGHT)], axis=1)
+    pixels = project(world, (0.0, 0.0, CAMERA_HEIGHT), np.eye(3), camera_fovy(height, width), height, width)
+    return pixels.reshape(*xy.shape[:-1], 2)
+
+
 class PointPushEnv(SimState, gym.Env):
     """image_size: int (square) or (H, W); objects: 1-3 blocks, named and coloured red, green,
     blue (`point_names`, `object_colors` (K, 3) uint8 as drawn on their top faces). `reset`

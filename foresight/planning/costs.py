@@ -155,6 +155,50 @@ def action_cost(actions: torch.Tensor, weight: float, end: int | None = None) ->
     return _nonnegative("action_weight", weight) * actions[:, :steps].pow(2).sum(dim=(1, 2))
 
 
+def approach_cost(agent: torch.Tensor, objects: torch.Tensor, goals, current, offset: float, weight: float,
+                  last_weight: float = 10.0, end: int | None = None) -> torch.Tensor:
+    """The agent's distance from where it must be to push each object toward its goal: (N,) costs.
+
+    agent (N, T, 2): the agent's pixel after each step of each plan; objects (N, T, K, 2): the objects' pixels
+    predicted after each step (a distribution's centre of mass, or the simulator's); goals (K, 2); current (K, 2):
+    the objects' pixels now. The push point of object k is ``offset`` pixels behind it, on the side away from its
+    goal (the direction taken from where it is now); each step's term is the agent's distance from it, faded by
+    min(1, |current_k - goal_k| / offset) so that it lets go as the object arrives, summed over objects and
+    weighted over steps as the designated-pixel cost is, times ``weight``.
+
+    Not in visual foresight's cost, but the reaching term of gymnasium's Pusher reward (hand to object) aimed at the
+    object's far side: the designated-pixel cost says nothing until a predicted push moves the object, so when the
+    goal lies between the agent and the object no plan looks better than keeping away, and the planner never goes
+    round the object. This term does, and it stays near zero while the agent pushes from behind.
+    """
+    if not torch.is_tensor(agent) or agent.dim() != 3 or agent.shape[-1] != 2:
+        raise ForesightError(f"agent must have shape (N, T, 2), got {_shape(agent)}")
+    if not torch.is_tensor(objects) or objects.dim() != 4 or objects.shape[:2] != agent.shape[:2] \
+            or objects.shape[-1] != 2:
+        raise ForesightError(f"objects must have shape ({agent.shape[0]}, {agent.shape[1]}, K, 2), got "
+                             f"{_shape(objects)}")
+    goals = _tensor("goals", goals).to(objects.device, objects.dtype)
+    current = _tensor("current", current).to(objects.device, objects.dtype)
+    k = objects.shape[2]
+    if goals.shape != (k, 2) or current.shape != (k, 2):
+        raise ForesightError(f"goals and current must have shape ({k}, 2), got {tuple(goals.shape)} and "
+                             f"{tuple(current.shape)}")
+    offset, weight = _nonnegative("offset", offset), _nonnegative("approach_weight", weight)
+    if offset <= 0:
+        raise ForesightError(f"offset must be a number of pixels > 0, got {offset!r}")
+    away = current - goals  # (K, 2)
+    distance = away.norm(dim=-1, keepdim=True)  # (K, 1)
+    push = objects + offset * away / distance.clamp_min(1e-6)  # (N, T, K, 2) push points
+    fade = (distance[:, 0] / offset).clamp(max=1.0)  # (K,)
+    per_step = ((agent[:, :, None] - push).norm(dim=-1) * fade).sum(-1)  # (N, T)
+    lam = step_weights(agent.shape[1], _last_weight(last_weight), end).to(agent.device, agent.dtype)
+    return weight * (per_step * lam).sum(1)
+
+
+def _shape(x) -> object:
+    return tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+
+
 def goal_image_cost(frames: torch.Tensor, goal: torch.Tensor, last_weight: float = 10.0) -> torch.Tensor:
     """frames (N, T, C, H, W), goal (C, H, W), both float on the same scale -> (N,) costs.
 

@@ -20,10 +20,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from foresight import datasets, evaluation, viz
+from foresight import datasets, envs, evaluation, viz
 from foresight.errors import ForesightError
 from foresight.planning.cem import CEM, CEMConfig, repeat_actions
-from foresight.planning.costs import DISTANCES, DesignatedPixelCost, action_cost, step_weights
+from foresight.planning.costs import DISTANCES, DesignatedPixelCost, action_cost, approach_cost, step_weights
 from foresight.planning.tracking import ColorTracker
 from foresight.recipes import spec
 
@@ -56,6 +56,14 @@ class MPCSettings:
                                                    "|action|^2, added to the cost (model and oracle): when no plan "
                                                    "is predicted to move the object, keep still rather than "
                                                    "wander into it")
+    approach_weight: float = spec(0.0, min=0.0, help="weight of the agent's approach term (costs.approach_cost; "
+                                                     "model and oracle): the agent's distance, along its own "
+                                                     "kinematic path, from the point approach_px behind each "
+                                                     "designated object, away from its goal, so that the planner "
+                                                     "goes round an object whose goal lies on the agent's side")
+    approach_px: float = spec(9.0, min=0.1, help="how far behind the object's centre the push point lies (camera "
+                                                 "pixels): a little more than the agent's and the object's "
+                                                 "half-widths, so that waiting there does not push")
     amp: str = spec("off", choices=("off", "bf16"), help="bf16 autocast for the model's predictions")
 
 
@@ -210,22 +218,38 @@ class VideoPredictor:
         return out.frames[:, self.context - 1:].float(), out.pixels.float()
 
 
-def oracle_score(sim, cem: CEM, goals: np.ndarray, last_weight: float, end: int | None = None):
+def oracle_score(sim, cem: CEM, goals: np.ndarray, last_weight: float, end: int | None = None, approach=None):
     """The oracle's score of CEM's decisions (N, H, A) -> (N,): the designated-pixel cost on the simulator's true
     object pixels after each step (``sim.rollout_points`` from the current state), goals (K, 2) camera pixels;
-    ``end``: see ``costs.step_weights``."""
+    ``end``: see ``costs.step_weights``; ``approach``: the approach term (``_approach``), added when given."""
     goals = torch.as_tensor(goals, dtype=torch.float32)
     weights = step_weights(cem.config.horizon * cem.config.repeat, last_weight, end)
 
     def score(actions):
-        points = torch.as_tensor(sim.rollout_points(cem.expand(actions).numpy()))[:, :, :len(goals)]  # (N, T, K, 2)
-        return ((points - goals).norm(dim=-1).sum(-1) * weights).sum(-1)
+        expanded = cem.expand(actions)
+        points = torch.as_tensor(sim.rollout_points(expanded.numpy()))[:, :, :len(goals)]  # (N, T, K, 2)
+        cost = ((points - goals).norm(dim=-1).sum(-1) * weights).sum(-1)
+        return cost + approach(points, expanded) if approach else cost
     return score
 
 
 def _with_effort(score, cem: CEM, weight: float, end: int | None):
     """score plus the plan's effort (``costs.action_cost``) over the steps the cost counts."""
     return lambda actions: score(actions) + action_cost(cem.expand(actions), weight, end)
+
+
+def _approach(path, state, goals, current, mpc: MPCSettings, end: int | None, camera=None, model=None):
+    """The approach term as a function (object pixels (N, T, K, 2), expanded actions (N, T, A)) -> (N,), in the
+    pixels of ``model`` (h, w) (camera pixels (H, W) = ``camera`` scaled), or camera pixels when ``model`` is None;
+    ``path``: the agent's kinematic path (``envs.agent_path``) from the current ``state``."""
+    scale = (lambda p: datasets.scale_points(p, camera, model)) if model else (lambda p: p)  # noqa: E731
+    goals, current = scale(np.asarray(goals, np.float32)), scale(np.asarray(current, np.float32))
+    offset = mpc.approach_px * (model[0] / camera[0] if model else 1.0)
+
+    def term(objects, actions):
+        agent = torch.as_tensor(scale(path(state, actions.numpy())), dtype=torch.float32)
+        return approach_cost(agent, objects, goals, current, offset, mpc.approach_weight, mpc.last_weight, end)
+    return term
 
 
 def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predictor: VideoPredictor | None = None,
@@ -252,6 +276,9 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
     to_model_pixels = lambda p: torch.as_tensor(datasets.scale_points(p, (H, W), (h, w)), dtype=torch.float32)  # noqa: E731
     dist = evaluation.delta_distribution(to_model_pixels(task.designated)[None], h, w)[0]  # (K, h, w)
     tracker = ColorTracker(obs, task.designated) if planner == "model" and suite.mpc.track == "registration" else None
+    known = task.designated  # where the model planner knows the designated pixels are (camera pixels)
+    path = envs.agent_path(suite.env, H, W, suite.env_kwargs.get("action_repeat", 1)) \
+        if suite.mpc.approach_weight > 0 and planner != "random" else None
     cost = DesignatedPixelCost(to_model_pixels(task.goals), (h, w), last_weight=suite.mpc.last_weight,
                                spread_weight=suite.mpc.spread_weight, sharpen=suite.mpc.sharpen,
                                distance=suite.mpc.distance)
@@ -268,13 +295,21 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
             executed = repeat_actions(torch.as_tensor(decisions), suite.cem.repeat)[:n].numpy()
         else:
             end = suite.steps - t if suite.mpc.until_end else None
+            approach = None
+            if suite.mpc.approach_weight > 0:  # from where the object is seen now: the planner's own knowledge
+                now = info["points"][:K] if planner == "oracle" else known
+                approach = _approach(path, info["state"], task.goals, now, suite.mpc, end, (H, W),
+                                     None if planner == "oracle" else (h, w))
             if planner == "oracle":
-                score = oracle_score(u, cem, task.goals, suite.mpc.last_weight, end)
+                score = oracle_score(u, cem, task.goals, suite.mpc.last_weight, end, approach)
             else:
                 ctx, past_t = predictor.frames(frames[-context:]), torch.as_tensor(np.stack(past[-(context - 1):]))
 
                 def score(actions):
-                    return cost(predictor(ctx, past_t, cem.expand(actions), dist, suite.mpc.amp)[1], end)
+                    expanded = cem.expand(actions)
+                    dists = predictor(ctx, past_t, expanded, dist, suite.mpc.amp)[1]
+                    c = cost(dists, end)
+                    return c + approach(evaluation.centre_of_mass(dists), expanded) if approach else c
             if suite.mpc.action_weight > 0:
                 score = _with_effort(score, cem, suite.mpc.action_weight, end)
             result = cem.plan(score)
@@ -302,9 +337,10 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
         if planner == "model":
             if suite.mpc.track == "model":
                 dist = predicted_dists[0, len(executed) - 1]
+                known = datasets.scale_points(evaluation.centre_of_mass(dist).numpy(), (h, w), (H, W))
             else:
-                found = tracked if suite.mpc.track == "registration" else info["points"][:K]
-                dist = evaluation.delta_distribution(to_model_pixels(found)[None], h, w)[0]
+                known = tracked if suite.mpc.track == "registration" else info["points"][:K]
+                dist = evaluation.delta_distribution(to_model_pixels(known)[None], h, w)[0]
     final = info["points"][:K].astype(np.float64)
     distances = np.linalg.norm(final - task.goals, axis=-1)
     return Outcome(
@@ -370,6 +406,8 @@ def run_suite(suite: SuiteRecipe, out, predictor: VideoPredictor | None, planner
     env = make_env(suite.env, suite.env_kwargs, source)
     try:
         tasks = make_tasks(suite, env, source)
+        if suite.mpc.approach_weight > 0:  # fail here, not in every task process
+            envs.agent_path(suite.env, 1, 1, where=f"{source}: key 'mpc.approach_weight'")
         if predictor is not None:
             predictor.check_env(suite.env, suite.env_kwargs, env, source)
     finally:
