@@ -118,9 +118,7 @@ def pusher_path(state, actions, height: int, width: int, action_repeat: int = 1)
     step = MAX_SPEED * TIMESTEP * FRAME_SKIP * action_repeat
     xy = np.asarray(state, dtype=np.float64)[:2] + np.cumsum(actions * step, axis=-2)  # (N, T, 2)
     xy = np.clip(xy, -ARENA + PUSHER, ARENA - PUSHER)
-    world = np.concatenate([xy.reshape(-1, 2), np.full((xy[..., 0].size, 1), HEIGHT)], axis=1)
-    pixels = project(world, (0.0, 0.0, CAMERA_HEIGHT), np.eye(3), camera_fovy(height, width), height, width)
-    return pixels.reshape(*xy.shape[:-1], 2)
+    return pusher_pixels(xy, height, width)[..., 0, :]  # pusher_pixels reads a state's first two entries only
 
 
 class PointPushEnv(SimState, gym.Env):

@@ -98,8 +98,7 @@ class DesignatedPixelCost:
         """dists (N, T, K, H, W) distributions over pixels -> (N,) costs; ``end``: see step_weights."""
         k, (h, w) = self.goals.shape[0], self.image_size
         if not torch.is_tensor(dists) or dists.dim() != 5 or tuple(dists.shape[2:]) != (k, h, w):
-            shape = tuple(dists.shape) if torch.is_tensor(dists) else type(dists).__name__
-            raise ForesightError(f"dists must have shape (N, T, {k}, {h}, {w}), got {shape}")
+            raise ForesightError(f"dists must have shape (N, T, {k}, {h}, {w}), got {_shape(dists)}")
         if not dists.is_floating_point():
             raise ForesightError(f"dists must be a floating-point tensor, got {dists.dtype}")
         maps, weights, farthest, moments, goals = self._on(dists.device, dists.dtype)
@@ -136,8 +135,7 @@ class DesignatedPixelCost:
 def designated_pixel_cost(dists: torch.Tensor, goals, weights=None, last_weight: float = 10.0) -> torch.Tensor:
     """dists (N, T, K, H, W), goals (K, 2) (row, col) -> (N,); see DesignatedPixelCost (reuse it when planning)."""
     if not torch.is_tensor(dists) or dists.dim() != 5:
-        shape = tuple(dists.shape) if torch.is_tensor(dists) else type(dists).__name__
-        raise ForesightError(f"dists must have shape (N, T, K, H, W), got {shape}")
+        raise ForesightError(f"dists must have shape (N, T, K, H, W), got {_shape(dists)}")
     return DesignatedPixelCost(goals, tuple(dists.shape[-2:]), weights, last_weight)(dists)
 
 
@@ -149,8 +147,7 @@ def action_cost(actions: torch.Tensor, weight: float, end: int | None = None) ->
     the object in a way the model fails to predict; a small effort weight makes the planner keep still instead.
     """
     if not torch.is_tensor(actions) or actions.dim() != 3:
-        shape = tuple(actions.shape) if torch.is_tensor(actions) else type(actions).__name__
-        raise ForesightError(f"actions must have shape (N, T, A), got {shape}")
+        raise ForesightError(f"actions must have shape (N, T, A), got {_shape(actions)}")
     steps = actions.shape[1] if end is None else min(end, actions.shape[1])
     return _nonnegative("action_weight", weight) * actions[:, :steps].pow(2).sum(dim=(1, 2))
 
@@ -195,10 +192,6 @@ def approach_cost(agent: torch.Tensor, objects: torch.Tensor, goals, current, of
     return weight * (per_step * lam).sum(1)
 
 
-def _shape(x) -> object:
-    return tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-
-
 def goal_image_cost(frames: torch.Tensor, goal: torch.Tensor, last_weight: float = 10.0) -> torch.Tensor:
     """frames (N, T, C, H, W), goal (C, H, W), both float on the same scale -> (N,) costs.
 
@@ -216,6 +209,10 @@ def goal_image_cost(frames: torch.Tensor, goal: torch.Tensor, last_weight: float
     lam = step_weights(frames.shape[1], _last_weight(last_weight)).to(frames.device, frames.dtype)  # (T,)
     dist = (frames - goal.to(frames.device, frames.dtype)).flatten(2).norm(dim=2)  # (N, T)
     return (dist * lam).sum(dim=1)
+
+
+def _shape(x) -> object:  # for error messages
+    return tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
 
 
 def _tensor(name, value) -> torch.Tensor:
