@@ -24,15 +24,19 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/collect.py
 
-# the planning model shipped in pretrained/ for `make demo`: collect, train, fine-tune twice at the planner's
-# horizon, copy (about 3 hours on 2 cores)
+# the planning model shipped in pretrained/ for `make demo` (about 3 hours on 2 cores):
+#   data     the planning dataset, 12000 episodes at the planner's time scale
+#   stage 1  train at horizon 6 (train/plan_point_push_stage1.toml)
+#   stage 2  fine-tune at the planner's horizon of 8 actions (train/plan_point_push_stage2.toml)
+#   stage 3  fine-tune again with a warm restart of the learning rate: the shipped model (train/plan_point_push.toml)
+#   ship     evaluate it and copy it to pretrained/plan_point_push
 pretrained: $(STAMP)
 	$(BIN)/foresight collect data/point_push_plan.toml --workers 2
+	$(BIN)/foresight train train/plan_point_push_stage1.toml
+	$(BIN)/foresight train train/plan_point_push_stage2.toml
 	$(BIN)/foresight train train/plan_point_push.toml
-	$(BIN)/foresight train train/plan_point_push_h8.toml
-	$(BIN)/foresight train train/plan_point_push_h8b.toml
-	$(BIN)/foresight eval train/runs/plan_point_push_h8b
-	$(BIN)/foresight export train/runs/plan_point_push_h8b pretrained/plan_point_push
+	$(BIN)/foresight eval train/runs/plan_point_push
+	$(BIN)/foresight export train/runs/plan_point_push pretrained/plan_point_push
 
 clean:
 	rm -rf out .pytest_cache

@@ -46,7 +46,7 @@ def replan_seconds(suite, predictor, replans: int = 3) -> dict:
     """Seconds per replanning step of the model planner on the suite's first task (the first replan,
     which warms oneDNN's caches, is left out)."""
     from foresight import recipes
-    from foresight.collect import make_env
+    from foresight.envs import make_env
     from foresight.planning import mpc
 
     per = suite.mpc.replan_every
@@ -70,7 +70,7 @@ def replan_seconds(suite, predictor, replans: int = 3) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reuse", action="store_true", help="keep an existing dataset / trained run")
-    ap.add_argument("--recipe", default="train/plan_point_push_h8b.toml")
+    ap.add_argument("--recipe", default="train/plan_point_push.toml")
     ap.add_argument("--env-scale-run", default="train/runs/sna_point_push",
                     help="the Train issue's default run, for the time-scale lever (skipped if missing)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)

@@ -15,7 +15,7 @@ as the simulator gives it. A model that plans well promises about what it delive
 question: "oracle_plan_above_rest" is the share of tasks in which the model's cost of the oracle's plan is above
 its cost of resting (zero actions): there no amount of sampling finds the oracle's plan, the model is the limit.
 
-    python benchmarks/plan_model_errors.py [--model train/runs/plan_point_push_h8b] [--tasks 20] [--set cem.samples=50]
+    python benchmarks/plan_model_errors.py [--model train/runs/plan_point_push] [--tasks 20] [--set cem.samples=50]
 
 Writes benchmarks/results/plan_model_errors.json.
 """
@@ -37,7 +37,7 @@ REPO = HERE.parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="train/runs/plan_point_push_h8b", help="a run folder (relative to the repository)")
+    ap.add_argument("--model", default="train/runs/plan_point_push", help="a run folder (relative to the repository)")
     ap.add_argument("--suite", default=str(REPO / "plan" / "point_push.toml"))
     ap.add_argument("--tasks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
@@ -46,8 +46,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import foresight  # noqa: F401
-    from foresight import datasets, evaluation, recipes, training
-    from foresight.collect import make_env
+    from foresight import evaluation, pixels, recipes, training
+    from foresight.envs import make_env
     from foresight.planning import mpc
     from foresight.planning.cem import CEM
     from foresight.planning.costs import DesignatedPixelCost
@@ -66,8 +66,8 @@ def main() -> None:
     for task in tqdm(tasks, desc="first replans", dynamic_ncols=True):
         obs, _ = env.reset(seed=task.seed, options=suite.reset_options)
         H, W = obs.shape[:2]
-        to_model = lambda p: torch.as_tensor(datasets.scale_points(p, (H, W), (h, w)), dtype=torch.float32)  # noqa: E731
-        dist = evaluation.delta_distribution(to_model(task.designated)[None], h, w)[0]
+        to_model = lambda p: torch.as_tensor(pixels.scale_points(p, (H, W), (h, w)), dtype=torch.float32)  # noqa: E731
+        dist = pixels.delta_distribution(to_model(task.designated)[None], h, w)[0]
         cost = DesignatedPixelCost(to_model(task.goals), (h, w), last_weight=suite.mpc.last_weight,
                                    spread_weight=suite.mpc.spread_weight, sharpen=suite.mpc.sharpen)
         ctx, past = predictor.frames([obs] * predictor.context), torch.zeros(predictor.context - 1, *low.shape)
@@ -86,7 +86,7 @@ def main() -> None:
             plan = cem.expand(CEM(suite.cem, low, high).plan(score).best)[None]  # a fresh search each: no warm start
             _, d = predictor(ctx, past, plan, dist)  # (1, T, K, h, w)
             expected = torch.stack([(d[0, -1] * rows).sum((-1, -2)), (d[0, -1] * cols).sum((-1, -2))], -1)  # (K, 2)
-            predicted = torch.as_tensor(datasets.scale_points(expected.numpy(), (h, w), (H, W)))
+            predicted = torch.as_tensor(pixels.scale_points(expected.numpy(), (h, w), (H, W)))
             true = torch.as_tensor(u.rollout_points(plan.numpy()))[0, -1, :len(goals)]
             row[name] = {"promised_px": round(start - float((predicted - goals).norm(dim=-1).mean()), 3),
                          "delivered_px": round(start - float((true - goals).norm(dim=-1).mean()), 3),

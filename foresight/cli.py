@@ -147,8 +147,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from foresight import recipes, training, viz
-    from foresight.collect import make_env
+    from foresight import pixels, recipes, training, viz
+    from foresight.envs import make_env
     from foresight.planning import mpc
 
     predictor = None
@@ -187,7 +187,7 @@ def cmd_plan(args) -> int:
             predictor.check_env(suite.env, suite.env_kwargs, env, "--env")
         obs, _ = env.reset(seed=args.seed)
         H, W = obs.shape[:2]
-        parse = lambda text, name: mpc.check_pixels(name, [[float(v) for v in p.split(",")] for p in text.split(";")], H, W)  # noqa: E731
+        parse = lambda text, name: pixels.check_in_image(name, [[float(v) for v in p.split(",")] for p in text.split(";")], H, W)  # noqa: E731
         try:
             designated, goal = parse(args.designated, "--designated"), parse(args.goal, "--goal")
         except ValueError:
@@ -295,7 +295,7 @@ def cmd_demo(args) -> int:
     print(f"      {info['episodes']} episodes, objects moved in {100 * info['moved_fraction']:.0f}% of them")
     print("[2/3] drawing the dataset")
     pics = show_dataset(data, 6, out / "preview")
-    run = REPO / "pretrained" / "plan_point_push"  # made by `make pretrained` (train/plan_point_push_h8b.toml)
+    run = REPO / "pretrained" / "plan_point_push"  # made by `make pretrained` (train/plan_point_push.toml)
     print(f"[3/3] visual MPC: pushing the block to a goal pixel in {args.tasks} tasks of plan/point_push.toml "
           f"with the shipped planning model ({run.relative_to(REPO)}) and with random actions")
     model, learner, resolved, _ = training.load_run(run)

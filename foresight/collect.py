@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import foresight  # noqa: F401  (registers environments, picks the EGL backend)
 from foresight import datasets
+from foresight.envs import make_env
 from foresight.errors import ForesightError
 from foresight.recipes import field_defaults, spec, to_dict
 
@@ -63,19 +64,6 @@ class CollectRecipe:
     reset_fraction: float = spec(1.0, min=0.0, max=1.0, help="share of episodes reset with reset_options "
                                                              "(the others reset plainly)")
     policy: PolicyRecipe = spec(PolicyRecipe())
-
-
-def make_env(env_id: str, env_kwargs: dict, source: str = "recipe") -> gym.Env:
-    """``gym.make`` with errors that name the recipe key at fault."""
-    if env_id not in gym.registry:
-        known = ", ".join(k for k in gym.registry if k.startswith("foresight/"))
-        raise ForesightError(f"{source}: key 'env': unknown environment {env_id!r} (foresight offers: {known})")
-    try:
-        return gym.make(env_id, render_mode="rgb_array", disable_env_checker=True, **env_kwargs)
-    except TypeError as e:
-        raise ForesightError(f"{source}: key 'env_kwargs': {env_id} rejected the options {env_kwargs} ({e})") from None
-    except ForesightError as e:
-        raise ForesightError(f"{source}: key 'env_kwargs': {e}") from None
 
 
 class ExplorationPolicy:

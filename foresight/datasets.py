@@ -5,8 +5,7 @@ episode, ``episode-<global index>``, with ``frames (T+1, H, W, C) uint8``, ``act
 ``states (T+1, S)`` and ``points (T+1, K, 2)`` (float32). Shards and manifest are written to a
 temporary name and published with an atomic rename, so a reader never sees half a file.
 
-This module does not import torch: ``WindowDataset`` returns numpy arrays, which a
-``torch.utils.data.DataLoader`` collates into tensors.
+``WindowDataset`` returns numpy arrays, which a ``torch.utils.data.DataLoader`` collates into tensors.
 """
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ import h5py
 import numpy as np
 
 from foresight.errors import ForesightError
+from foresight.pixels import resize_frames, scale_points
 
 FORMAT = "foresight-dataset"
 VERSION = 1
@@ -206,29 +206,6 @@ def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, 
     if val_fraction > 0 and n >= 2:
         n_val = min(max(n_val, 1), n - 1)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def resize_frames(frames: np.ndarray, size) -> np.ndarray:
-    """uint8 frames (..., H, W, C) area-averaged to size (h, w): how a model that works on smaller
-    images than the camera's (a planning model, say) sees every frame, in training and in planning."""
-    import cv2
-
-    h, w = size
-    if frames.shape[-3:-1] == (h, w):
-        return frames
-    lead, (H, W, C) = frames.shape[:-3], frames.shape[-3:]
-    flat = frames.reshape(-1, H, W, C)
-    out = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA).reshape(h, w, C) for f in flat])
-    return out.reshape(*lead, h, w, C)
-
-
-def scale_points(points: np.ndarray, src, dst) -> np.ndarray:
-    """(row, col) pixels (..., 2) of an src = (H, W) image to the dst = (h, w) image of the same view
-    ((0, 0) is the centre of the top-left pixel, so centres map as (p + 0.5) * scale - 0.5)."""
-    points = np.asarray(points)
-    scale = np.array([dst[0] / src[0], dst[1] / src[1]])
-    out = (points + 0.5) * scale - 0.5
-    return out.astype(points.dtype) if points.dtype.kind == "f" else out
 
 
 class WindowDataset:

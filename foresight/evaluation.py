@@ -15,6 +15,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from foresight.datasets import atomic_write_text
 from foresight.errors import ForesightError
+from foresight.pixels import delta_distribution, expected_distance
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -34,37 +35,6 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def copy_last_frame(context: torch.Tensor, steps: int) -> torch.Tensor:
     """The baseline that predicts no change: the last context frame repeated. (B, Tc, ...) -> (B, steps, ...)."""
     return context[:, -1:].expand(-1, steps, *context.shape[2:])
-
-
-def delta_distribution(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, K, 2) (row, col) pixels -> (B, K, H, W) distributions, bilinear over the four nearest pixels."""
-    B, K, _ = points.shape
-    r = points[..., 0].clamp(0, height - 1)
-    c = points[..., 1].clamp(0, width - 1)
-    r0, c0 = r.floor().clamp(max=height - 2).long(), c.floor().clamp(max=width - 2).long()
-    fr, fc = r - r0, c - c0
-    dist = torch.zeros(B, K, height * width, device=points.device)
-    for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
-        dist.scatter_add_(2, ((r0 + dr) * width + (c0 + dc))[..., None], w[..., None])
-    return dist.view(B, K, height, width)
-
-
-def centre_of_mass(dist: torch.Tensor) -> torch.Tensor:
-    """(..., H, W) distributions (any positive mass) -> (..., 2) their mean (row, col) pixel."""
-    H, W = dist.shape[-2:]
-    mass = dist.sum((-2, -1)).clamp_min(1e-12)
-    rows = torch.arange(H, device=dist.device, dtype=dist.dtype)
-    cols = torch.arange(W, device=dist.device, dtype=dist.dtype)
-    return torch.stack([(dist.sum(-1) * rows).sum(-1), (dist.sum(-2) * cols).sum(-1)], -1) / mass[..., None]
-
-
-def expected_distance(dist: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """E[|pixel - point|] under each distribution. dist (..., K, H, W), points (..., K, 2) -> (..., K)."""
-    H, W = dist.shape[-2:]
-    rows = torch.arange(H, device=dist.device, dtype=torch.float32).view(H, 1)
-    cols = torch.arange(W, device=dist.device, dtype=torch.float32).view(1, W)
-    d = torch.sqrt((rows - points[..., 0, None, None]) ** 2 + (cols - points[..., 1, None, None]) ** 2)
-    return (dist.float() * d).sum((-2, -1))
 
 
 def machine(threads: str | int | None = None) -> str:

@@ -2,13 +2,20 @@
 
 A recipe is data, not code. Every field of a recipe dataclass is a TOML key; a nested dataclass is a
 TOML table; a ``dict`` field is a free-form table checked by whoever consumes it (environment
-options, for instance). Field metadata may carry bounds (``min``, ``max``) or a set of ``choices``.
-Every mistake is a ``ForesightError`` naming the file, the key and what was expected.
+options, for instance). Field metadata (``spec``) may carry bounds (``min`` / ``max`` inclusive, ``above`` /
+``below`` exclusive; for a list, of each item) or a set of ``choices``. A rule between fields is a method
+``checks(self)`` of the dataclass yielding ``(key, expected)`` pairs for what is wrong.
+
+This is the one place a configuration is validated: every config dataclass (recipes, model configs, CEM
+settings) is checked here when it is read from TOML, ``--set`` or a stored JSON recipe, and code below
+may assume valid values. Every mistake is a ``ForesightError`` naming the file, the key and what was
+expected.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -21,9 +28,10 @@ R = TypeVar("R")
 
 
 def spec(default: Any = dataclasses.MISSING, *, min: float | None = None, max: float | None = None,
-         choices: tuple | None = None, help: str = "", **kwargs) -> Any:
-    """A dataclass field with validation metadata (bounds inclusive)."""
-    meta = {"min": min, "max": max, "choices": choices, "help": help}
+         above: float | None = None, below: float | None = None, choices: tuple | None = None, help: str = "",
+         **kwargs) -> Any:
+    """A dataclass field with validation metadata: ``min`` / ``max`` inclusive, ``above`` / ``below`` exclusive."""
+    meta = {"min": min, "max": max, "above": above, "below": below, "choices": choices, "help": help}
     if isinstance(default, (dict, list)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta, **kwargs)
@@ -81,10 +89,10 @@ def from_dict(cls: type[R], raw: dict, source: str = "<recipe>", prefix: str = "
                 raise ForesightError(f"{source}: missing key {key!r}{_help(f)}")
             continue
         values[name] = _check(hints[name], raw[name], f, source, key)
-    try:
-        return cls(**values)
-    except ForesightError as e:  # a dataclass's own cross-field checks: say which file and table
-        raise ForesightError(f"{source}: {f'table {prefix.rstrip(chr(46))!r}: ' if prefix else ''}{e}") from None
+    recipe = cls(**values)
+    for name, expected in (recipe.checks() if hasattr(recipe, "checks") else ()):  # rules between fields
+        raise ForesightError(f"{source}: key {prefix + name!r}: expected {expected}, got {getattr(recipe, name)!r}")
+    return recipe
 
 
 def to_dict(recipe: Any) -> dict:
@@ -121,8 +129,8 @@ def _check(tp: Any, value: Any, f: dataclasses.Field, source: str, key: str) -> 
                 errors.append(str(e))
         raise ForesightError(errors[0])
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _type_error(source, key, "a number", value, f)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _type_error(source, key, "a finite number", value, f)
         value = float(value)
     elif tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -134,10 +142,15 @@ def _check(tp: Any, value: Any, f: dataclasses.Field, source: str, key: str) -> 
         if not isinstance(value, str):
             raise _type_error(source, key, "a string", value, f)
     elif origin is tuple:
-        (item_tp, *rest) = typing.get_args(tp)
+        args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
             raise _type_error(source, key, "a list", value, f)
-        return tuple(_check(item_tp, v, dataclasses.field(), source, f"{key}[{i}]") for i, v in enumerate(value))
+        if args[-1] is not Ellipsis and len(value) != len(args):
+            raise _type_error(source, key, f"a list of {len(args)}", value, f)
+        # an item keeps the field's bounds and choices (its help stays with the list)
+        item = dataclasses.field(metadata={**(f.metadata or {}), "help": ""})
+        return tuple(_check(args[0] if args[-1] is Ellipsis else args[i], v, item, source, f"{key}[{i}]")
+                     for i, v in enumerate(value))
     elif tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise _type_error(source, key, "a table", value, f)
@@ -151,6 +164,10 @@ def _check(tp: Any, value: Any, f: dataclasses.Field, source: str, key: str) -> 
         raise ForesightError(f"{source}: key {key!r}: expected a value >= {meta['min']}, got {value!r}")
     if meta.get("max") is not None and value > meta["max"]:
         raise ForesightError(f"{source}: key {key!r}: expected a value <= {meta['max']}, got {value!r}")
+    if meta.get("above") is not None and value <= meta["above"]:
+        raise ForesightError(f"{source}: key {key!r}: expected a value > {meta['above']}, got {value!r}")
+    if meta.get("below") is not None and value >= meta["below"]:
+        raise ForesightError(f"{source}: key {key!r}: expected a value < {meta['below']}, got {value!r}")
     return value
 
 

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from foresight import datasets, envs, evaluation, recipes, viz
+from foresight import datasets, envs, evaluation, pixels, recipes, viz
 from foresight.errors import ForesightError
 from foresight.models.e2c import E2C, MODELS as E2C_MODELS, PRESETS as E2C_PRESETS, E2CConfig
 from foresight.models.video import VideoPredictionConfig, VideoPredictionModel, scheduled_sampling_prob
@@ -183,7 +183,7 @@ class VideoLearner:
         frames, actions, states = self._inputs({k: v[:n] for k, v in batch.items()}, device)
         H, W = frames.shape[-2:]
         start = batch["points"][:n, s.context - 1].to(device)  # (n, K, 2) true object pixels
-        out = model(frames[:, :s.context], actions, states, pixels=evaluation.delta_distribution(start, H, W),
+        out = model(frames[:, :s.context], actions, states, pixels=pixels.delta_distribution(start, H, W),
                     num_context=s.context)
         truth = frames[:, s.context:]
         pred = out.frames[:, s.context - 1:]

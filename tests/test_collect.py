@@ -1,16 +1,14 @@
 """Collection: determinism across worker counts, kill-and-resume, verify, windows, the data commands."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from foresight import collect, datasets, recipes
+from foresight import collect, datasets, pixels, recipes
 from foresight.errors import ForesightError
 
 RECIPE = """
@@ -211,10 +209,10 @@ def test_resized_frames_keep_the_points_on_their_objects():
     obs, info = env.reset(seed=3)
     checked = 0
     for _ in range(6):
-        small = datasets.resize_frames(obs[None], (32, 32))[0]
+        small = pixels.resize_frames(obs[None], (32, 32))[0]
         assert small.shape == (32, 32, 3) and small.dtype == np.uint8
-        points = datasets.scale_points(info["points"], (64, 64), (32, 32))
-        assert np.allclose(datasets.scale_points(points, (32, 32), (64, 64)), info["points"], atol=1e-4)
+        points = pixels.scale_points(info["points"], (64, 64), (32, 32))
+        assert np.allclose(pixels.scale_points(points, (32, 32), (64, 64)), info["points"], atol=1e-4)
         for k, (r, c) in enumerate(np.round(points).astype(int)):
             if 0 <= r < 32 and 0 <= c < 32:
                 assert small[r, c].argmax() == k and small[r, c, k] > 150, (k, small[r, c])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import foresight  # noqa: F401
-from foresight import evaluation, recipes
+from foresight import pixels, recipes
 from foresight.errors import ForesightError
 from foresight.models.e2c import E2C, planar
 from foresight.models.video import VideoPredictionConfig, VideoPredictionModel
@@ -102,7 +102,7 @@ def test_model_planner_runs_end_to_end_and_writes_results(env, tmp_path):
 
 def test_bad_input_is_named(env, tmp_path):
     with pytest.raises(ForesightError, match=r"--goal: pixel \(70, 3\) lies outside the 64x64 image"):
-        mpc.check_pixels("--goal", [[70, 3]], 64, 64)
+        pixels.check_in_image("--goal", [[70, 3]], 64, 64)
     e2c = E2C(planar())
     with pytest.raises(ForesightError, match="predicts no pixel distributions"):
         mpc.VideoPredictor(e2c)
@@ -112,9 +112,9 @@ def test_bad_input_is_named(env, tmp_path):
         mpc.make_tasks(suite(designated=2), env, "s.toml")
     arm = suite(env="foresight/ArmPush-v0", goal="env", mpc={"approach_weight": 0.3})
     with pytest.raises(ForesightError, match=r"s.toml: key 'mpc.approach_weight': environment "
-                                             r"'foresight/ArmPush-v0' has no agent path \(supported: "):
+                                             r"'foresight/ArmPush-v0' offers no agent_path"):
         mpc.run_suite(arm, tmp_path, None, ["oracle"], "s.toml", progress=False)
-    with pytest.raises(ForesightError, match=r"table 'cem': CEMConfig.elites"):
+    with pytest.raises(ForesightError, match=r"s.toml: key 'cem.elites': expected at most samples"):
         recipes.from_dict(mpc.SuiteRecipe, {**TINY, "cem": {"samples": 4, "elites": 9}}, "s.toml")
     run = subprocess.run([sys.executable, "-m", "foresight", "plan", "--env", "foresight/PointPush-v0",
                           "--designated", "20,31", "--goal", "44,99", "--planners", "random"],
@@ -136,11 +136,11 @@ def test_a_smaller_planning_image_scales_pixels_and_keeps_mass(env, tmp_path):
     o = mpc.run_task(env, mpc.make_tasks(s, env)[0], s, "model", predictor)
     assert len(o.video) == 6 and 3 * 64 * 4 <= o.video[0].shape[1] < 3 * 64 * 4 + 20  # 3 panels at the camera's size
     _, dists = predictor(ctx, torch.zeros(1, 2), torch.rand(3, 4, 2) * 2 - 1,
-                         evaluation.delta_distribution(torch.tensor([[[10.2, 20.7]]]), 32, 32)[0])
+                         pixels.delta_distribution(torch.tensor([[[10.2, 20.7]]]), 32, 32)[0])
     assert torch.allclose(dists.sum((-1, -2)), torch.ones(3, 4, 1), atol=1e-4)
     # the suite's mpc.amp reaches the model: bf16 autocast changes the frames, not the pixel mass
     actions = torch.rand(3, 4, 2) * 2 - 1
-    start = evaluation.delta_distribution(torch.tensor([[[10.2, 20.7]]]), 32, 32)[0]
+    start = pixels.delta_distribution(torch.tensor([[[10.2, 20.7]]]), 32, 32)[0]
     fp32, _ = predictor(ctx, torch.zeros(1, 2), actions, start)
     bf16, dists = predictor(ctx, torch.zeros(1, 2), actions, start, amp="bf16")
     assert not torch.equal(fp32, bf16) and torch.allclose(fp32, bf16, atol=0.1)

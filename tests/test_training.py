@@ -242,7 +242,7 @@ def test_track_agent_adds_the_pushers_pixel_to_the_tracked_points(workdir, tmp_p
     pp = tmp_path / "pp.toml"
     pp.write_text('name = "pp"\nenv = "foresight/PointPush-v0"\nepisodes = 4\nsteps = 7\n[env_kwargs]\nimage_size = 32\n')
     collect.collect(recipes.load(collect.CollectRecipe, pp), tmp_path / "pp", progress=False)
-    from foresight import datasets, envs
+    from foresight import datasets, envs, pixels
     from foresight.envs.point_push import pusher_pixels
     plain = datasets.WindowDataset(tmp_path / "pp", 4, "all", image_size=(16, 16))
     tracked = datasets.WindowDataset(tmp_path / "pp", 4, "all", image_size=(16, 16),
@@ -250,7 +250,7 @@ def test_track_agent_adds_the_pushers_pixel_to_the_tracked_points(workdir, tmp_p
     a, b = plain[3], tracked[3]
     assert b["points"].shape == (4, 2, 2)
     np.testing.assert_allclose(b["points"][:, :1], a["points"])
-    np.testing.assert_allclose(b["points"][:, 1:], datasets.scale_points(pusher_pixels(a["states"], 32, 32),
+    np.testing.assert_allclose(b["points"][:, 1:], pixels.scale_points(pusher_pixels(a["states"], 32, 32),
                                                                           (32, 32), (16, 16)), atol=1e-5)
     seen = []
     real = training.VideoLearner.loss
@@ -268,5 +268,5 @@ def test_track_agent_adds_the_pushers_pixel_to_the_tracked_points(workdir, tmp_p
     with pytest.raises(ForesightError, match=r"key 'train.track_agent' needs 'train.track_weight' > 0"):
         training.train(recipes.load(training.TrainRecipe, rec, ["name='untracked'", "train.track_weight=0.0"]), rec,
                        progress=False)
-    with pytest.raises(ForesightError, match=r"key 'train.track_agent': environment 'foresight/Planar-v0' has no agent"):
+    with pytest.raises(ForesightError, match=r"key 'train.track_agent': environment 'foresight/Planar-v0' offers no agent"):
         training.train(*recipe(workdir, "noagent", "train.track_weight=0.01", "train.track_agent=true"), progress=False)

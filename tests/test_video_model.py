@@ -340,7 +340,7 @@ def test_flops_per_frame_matches_the_flop_counter(variant):
 
 def test_tracking_loss_is_the_expected_distance_and_can_be_lowered():
     """track_px is the carried distribution's expected distance to the true pixels, and it trains."""
-    from foresight.evaluation import delta_distribution, expected_distance
+    from foresight.pixels import delta_distribution, expected_distance
 
     torch.manual_seed(0)
     cfg = VideoPredictionConfig.small("cdna", skip=True, image_size=(16, 16), channels=3, action_dim=2,

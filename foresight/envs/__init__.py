@@ -1,9 +1,12 @@
 """Gymnasium environments with camera-image observations, registered as ``foresight/<Name>-v0``.
 
-Every environment follows the contract in DESIGN.md: the observation is a ``uint8 (H, W, C)``
+Every environment follows the contract in ARCHITECTURE.md: the observation is a ``uint8 (H, W, C)``
 image, ``info["state"]`` is the true low-dimensional state, ``info["points"]`` the ``(K, 2)``
 (row, col) pixels of the tracked objects, and ``env.unwrapped.get_sim_state()`` /
-``set_sim_state(s)`` save and restore the simulator exactly.
+``set_sim_state(s)`` save and restore the simulator exactly. What an environment can say about its
+agent it offers as methods, where it can: ``agent_pixels(states, height, width)`` (a static method: the
+agent's pixel from states, for training) and ``agent_path(actions)`` (the agent's pixels along commanded
+action sequences from the current state, for planner costs).
 """
 from gymnasium.envs.registration import register, registry
 
@@ -21,32 +24,44 @@ for _id, _entry in ENVS.items():
     if _id not in registry:
         register(id=_id, entry_point=_entry, disable_env_checker=_id in GREY)
 
-# What environments can say about their agent, for those that can (module:function, bound by the functions below):
-# its pixel from a state (train.track_agent supervises the model's motion at the agent as at the objects), and its
-# path over a plan from its own kinematics and the calibrated camera (planner costs about where the agent goes,
-# mpc.approach_weight).
-AGENT_PIXELS = {"foresight/PointPush-v0": "foresight.envs.point_push:pusher_pixels"}
-AGENT_PATHS = {"foresight/PointPush-v0": "foresight.envs.point_push:pusher_path"}
 
 
-def agent_pixels(env_id: str, height: int, width: int, where: str = "track_agent"):
-    """A picklable function: states (..., S) -> the agent's (row, col) pixel (..., 1, 2) at (height, width)."""
-    return _bound(AGENT_PIXELS, "agent pixel", env_id, where, height=height, width=width)
-
-
-def agent_path(env_id: str, height: int, width: int, action_repeat: int = 1, where: str = "mpc.approach_weight"):
-    """A picklable function: (state (S,), actions (N, T, A)) -> the agent's (row, col) pixel (N, T, 2) after each
-    action, at (height, width), the environment holding each action ``action_repeat`` control steps."""
-    return _bound(AGENT_PATHS, "agent path", env_id, where, height=height, width=width, action_repeat=action_repeat)
-
-
-def _bound(table: dict, what: str, env_id: str, where: str, **kwargs):
-    import functools
-    import importlib
+def make_env(env_id: str, env_kwargs: dict | None = None, source: str = "recipe"):
+    """``gym.make`` with camera images, and errors that name the recipe key at fault."""
+    import gymnasium as gym
 
     from foresight.errors import ForesightError
 
-    if env_id not in table:
-        raise ForesightError(f"{where}: environment {env_id!r} has no {what} (supported: {', '.join(sorted(table))})")
-    module, name = table[env_id].split(":")
-    return functools.partial(getattr(importlib.import_module(module), name), **kwargs)
+    env_kwargs = env_kwargs or {}
+    if env_id not in registry:
+        known = ", ".join(k for k in registry if k.startswith("foresight/"))
+        raise ForesightError(f"{source}: key 'env': unknown environment {env_id!r} (foresight offers: {known})")
+    try:
+        return gym.make(env_id, render_mode="rgb_array", disable_env_checker=True, **env_kwargs)
+    except TypeError as e:
+        raise ForesightError(f"{source}: key 'env_kwargs': {env_id} rejected the options {env_kwargs} ({e})") from None
+    except ForesightError as e:
+        raise ForesightError(f"{source}: key 'env_kwargs': {e}") from None
+
+
+def env_class(env_id: str):
+    """The environment class registered as ``env_id`` (for what it offers without being built, e.g. its
+    ``agent_pixels``), or None when the entry point is not a class."""
+    from gymnasium.envs.registration import load_env_creator
+
+    entry = registry[env_id].entry_point
+    creator = load_env_creator(entry) if isinstance(entry, str) else entry
+    return creator if isinstance(creator, type) else None
+
+
+def agent_pixels(env_id: str, height: int, width: int, where: str = "track_agent"):
+    """A picklable function: states (..., S) -> the agent's (row, col) pixel (..., 1, 2) at (height, width), from
+    the environment's own ``agent_pixels``."""
+    import functools
+
+    from foresight.errors import ForesightError
+
+    fn = getattr(env_class(env_id), "agent_pixels", None)
+    if fn is None:
+        raise ForesightError(f"{where}: environment {env_id!r} offers no agent_pixels (its agent's pixel from a state)")
+    return functools.partial(fn, height=height, width=width)

@@ -113,7 +113,7 @@ def pusher_path(state, actions, height: int, width: int, action_repeat: int = 1)
     The velocity servo (kv = 30) holds the commanded speed within a control step, so the pusher moves
     action * MAX_SPEED * dt per step, kept inside the walls; what it knows nothing of is the blocks in its
     way. What a robot knows of its own body (its commanded end-effector path, projected by the calibrated
-    camera), for planner costs about where the agent goes (``mpc.approach_weight``)."""
+    camera), for planner costs about where the agent goes (the approach cost term)."""
     actions = np.clip(np.asarray(actions, dtype=np.float64), -1, 1)
     step = MAX_SPEED * TIMESTEP * FRAME_SKIP * action_repeat
     xy = np.asarray(state, dtype=np.float64)[:2] + np.cumsum(actions * step, axis=-2)  # (N, T, 2)
@@ -206,6 +206,14 @@ class PointPushEnv(SimState, gym.Env):
 
     def render(self) -> np.ndarray:
         return self.camera.render(self.data)
+
+    agent_pixels = staticmethod(pusher_pixels)
+
+    def agent_path(self, actions) -> np.ndarray:
+        """The pusher's (row, col) camera pixel after each action of each sequence (N, T, 2) -> (N, T, 2), from the
+        current state by its kinematics alone (``pusher_path``): what the robot knows of its own body."""
+        state = np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float32)  # as info["state"]
+        return pusher_path(state, actions, self.height, self.width, self.action_repeat)
 
     def steer_toward(self, k: int) -> np.ndarray:
         """Full speed from the pusher toward block `k`'s centre: an exploration policy's way to push it."""

@@ -47,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from foresight.errors import ForesightError
+from foresight.pixels import delta_distribution, expected_distance
 
 TRANSFORMS = ("cdna", "dna")
 VARIANTS = ("cdna", "dna", "sna")  # sna = dna + skip (Ebert et al. 2017)
@@ -429,7 +430,6 @@ class VideoPredictionModel(nn.Module):
         tracking = points is not None and track_weight > 0
         pixels = None
         if tracking:
-            from foresight.evaluation import delta_distribution, expected_distance
 
             pixels = delta_distribution(points[:, num_context - 1].float(), *self.config.image_size)
         pred = self(frames, actions, states, pixels=pixels, num_context=num_context, sample_prob=sample_prob,

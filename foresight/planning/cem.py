@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from foresight.errors import ForesightError
+from foresight.recipes import spec
 
 Score = Callable[[torch.Tensor], torch.Tensor]  # (N, H, A) float32 -> (N,) costs
 
@@ -33,63 +34,36 @@ Score = Callable[[torch.Tensor], torch.Tensor]  # (N, H, A) float32 -> (N,) cost
 class CEMConfig:
     """Settings of the CEM search. Stds are fractions of half the action range, so one config fits any bounds."""
 
-    samples: int = 200  # N sequences scored per iteration (visual foresight: 200)
-    elites: int = 10  # E lowest-cost sequences the Gaussian is refitted to (visual foresight: 10)
-    iterations: int = 3  # refits per plan call (visual foresight: 3)
-    horizon: int = 5  # H decisions per plan (visual foresight: 5)
-    repeat: int = 3  # environment steps each decision is held for (visual foresight: 3)
-    init_std: float = 0.5  # initial std / half range: +-2 std spans the bounds, ~5% of draws clipped per dim
-    momentum: float = 0.0  # iCEM alpha: weight of the old mean/std in each refit (0 = replace, as visual foresight)
-    noise_beta: float = 0.0  # 0 = white noise; > 0 = coloured noise 1/f^beta along the horizon (iCEM uses 2-4)
-    warm_start: bool = True  # start each plan from the previous mean shifted by the executed decisions
-    keep_elites: float = 0.0  # fraction of the elites carried into the next iteration (iCEM: 0.3)
-    min_std: float = 0.0  # floor on the std / half range, keeps the search from freezing on a dimension
-    seed: int = 0  # seeds the CEM's own generator (plan(generator=...) overrides it)
+    samples: int = spec(200, min=1, help="N sequences scored per iteration (visual foresight: 200)")
+    elites: int = spec(10, min=1, help="E lowest-cost sequences the Gaussian is refitted to (visual foresight: 10)")
+    iterations: int = spec(3, min=1, help="refits per plan call (visual foresight: 3)")
+    horizon: int = spec(5, min=1, help="H decisions per plan (visual foresight: 5)")
+    repeat: int = spec(3, min=1, help="environment steps each decision is held for (visual foresight: 3)")
+    init_std: float = spec(0.5, above=0.0, help="initial std / half range: +-2 std spans the bounds, ~5% of draws "
+                                                "clipped per dimension")
+    momentum: float = spec(0.0, min=0.0, below=1.0, help="iCEM alpha: weight of the old mean/std in each refit "
+                                                         "(0 = replace, as visual foresight)")
+    noise_beta: float = spec(0.0, min=0.0, help="0 = white noise; > 0 = coloured noise 1/f^beta along the horizon "
+                                                "(iCEM uses 2-4)")
+    warm_start: bool = spec(True, help="start each plan from the previous mean shifted by the executed decisions")
+    keep_elites: float = spec(0.0, min=0.0, max=1.0, help="fraction of the elites carried into the next iteration "
+                                                          "(iCEM: 0.3)")
+    min_std: float = spec(0.0, min=0.0, help="floor on the std / half range, keeps the search from freezing on a "
+                                             "dimension")
+    seed: int = spec(0, min=0, help="seeds the CEM's own generator (plan(generator=...) overrides it)")
 
-    def __post_init__(self):
-        for name in ("samples", "elites", "iterations", "horizon", "repeat"):
-            _positive_int(self, name)
+    def checks(self):
         if self.elites > self.samples:
-            raise ForesightError(f"CEMConfig.elites must be <= samples ({self.samples}), got {self.elites}")
-        _number(self, "init_std", low=0.0, low_open=True)
-        _number(self, "momentum", low=0.0, high=1.0, high_open=True)
-        _number(self, "noise_beta", low=0.0)
-        _number(self, "keep_elites", low=0.0, high=1.0)
-        _number(self, "min_std", low=0.0)
+            yield "elites", f"at most samples ({self.samples})"
         if self.min_std > self.init_std:
-            raise ForesightError(f"CEMConfig.min_std must be <= init_std ({self.init_std}), got {self.min_std}")
-        if not isinstance(self.warm_start, bool):
-            raise ForesightError(f"CEMConfig.warm_start must be true or false, got {self.warm_start!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ForesightError(f"CEMConfig.seed must be an integer >= 0, got {self.seed!r}")
+            yield "min_std", f"at most init_std ({self.init_std})"
         if self.kept >= self.samples:
-            raise ForesightError(
-                f"CEMConfig.keep_elites keeps {self.kept} of {self.samples} samples; at least one must be fresh"
-            )
+            yield "keep_elites", f"to keep fewer than the {self.samples} samples (it keeps {self.kept})"
 
     @property
     def kept(self) -> int:
         """How many elites are carried into the next iteration."""
         return int(round(self.keep_elites * self.elites))
-
-
-def _positive_int(cfg, name):
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ForesightError(f"CEMConfig.{name} must be an integer >= 1, got {value!r}")
-
-
-def _number(cfg, name, low=None, high=None, low_open=False, high_open=False):
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ForesightError(f"CEMConfig.{name} must be a finite number, got {value!r}")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-        raise ForesightError(f"CEMConfig.{name} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
-    object.__setattr__(cfg, name, float(value))
 
 
 @dataclass(frozen=True)
@@ -141,8 +115,6 @@ class CEM:
     """CEM over (H, A) action sequences within the box [low, high]; see the module docstring."""
 
     def __init__(self, config: CEMConfig, low, high):
-        if not isinstance(config, CEMConfig):
-            raise ForesightError(f"config must be a CEMConfig, got {type(config).__name__}")
         self.config = config
         self.low = _bound("low", low)  # (A,)
         self.high = _bound("high", high)  # (A,)

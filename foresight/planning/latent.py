@@ -510,7 +510,7 @@ def run_suite(suite: LatentSuiteRecipe, out, model, planners: list[str], source:
     ``summary.json`` under ``out`` (the pixel planner's layout)."""
     from tqdm import tqdm
 
-    from foresight.collect import make_env
+    from foresight.envs import make_env
 
     for p in planners:
         if p not in PLANNERS:

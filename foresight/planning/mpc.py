@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from foresight import datasets, envs, evaluation, viz
+from foresight import evaluation, pixels, viz
 from foresight.errors import ForesightError
 from foresight.planning.cem import CEM, CEMConfig, repeat_actions
 from foresight.planning.costs import DISTANCES, DesignatedPixelCost, action_cost, approach_cost, step_weights
@@ -155,22 +155,12 @@ def _offset_goal(point, suite: SuiteRecipe, H: int, W: int, rng, source: str) ->
                          f"lies {m} px inside the {H}x{W} image; lower goal_margin_px or the goal distances")
 
 
-def check_pixels(name: str, pixels: np.ndarray, H: int, W: int) -> np.ndarray:
-    """Designated and goal pixels must lie in the image."""
-    pixels = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
-    for r, c in pixels:
-        if not (0 <= r <= H - 1 and 0 <= c <= W - 1):
-            raise ForesightError(f"{name}: pixel ({r:g}, {c:g}) lies outside the {H}x{W} image "
-                                 f"(rows 0..{H - 1}, columns 0..{W - 1})")
-    return pixels
-
-
 class VideoPredictor:
     """The video model as the planner uses it: from the latest real frames, predict the frames and
     designated-pixel distributions that action sequences lead to, batched, in inference mode.
 
     The model may work on smaller images than the camera's (``image_size``): camera frames are then
-    area-averaged to it and pixels scaled (``datasets.resize_frames`` / ``scale_points``, as in training).
+    area-averaged to it and pixels scaled (``pixels.resize_frames`` / ``scale_points``, as in training).
     ``trained_env`` is the training data's environment ({"id", "kwargs"}, from the run), when known: a suite
     must run the environment at the same time scale (``action_repeat``).
     """
@@ -199,7 +189,7 @@ class VideoPredictor:
 
     def frames(self, frames: list[np.ndarray]) -> torch.Tensor:
         """Camera frames [(H, W, C) uint8] -> the model's input (T, C, h, w) float in [0, 1]."""
-        x = datasets.resize_frames(np.stack(frames), self.image_size)
+        x = pixels.resize_frames(np.stack(frames), self.image_size)
         return torch.as_tensor(x, dtype=torch.float32).permute(0, 3, 1, 2) / 255
 
     def __call__(self, frames: torch.Tensor, past: torch.Tensor, actions: torch.Tensor, dists: torch.Tensor,
@@ -242,7 +232,7 @@ def _approach(path, state, goals, current, mpc: MPCSettings, end: int | None, ca
     """The approach term as a function (object pixels (N, T, K, 2), expanded actions (N, T, A)) -> (N,), in the
     pixels of ``model`` (h, w) (camera pixels (H, W) = ``camera`` scaled), or camera pixels when ``model`` is None;
     ``path``: the agent's kinematic path (``envs.agent_path``) from the current ``state``."""
-    scale = (lambda p: datasets.scale_points(p, camera, model)) if model else (lambda p: p)  # noqa: E731
+    scale = (lambda p: pixels.scale_points(p, camera, model)) if model else (lambda p: p)  # noqa: E731
     goals, current = scale(np.asarray(goals, np.float32)), scale(np.asarray(current, np.float32))
     offset = mpc.approach_px * (model[0] / camera[0] if model else 1.0)
 
@@ -273,11 +263,11 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
     past = [np.zeros(env.action_space.shape, np.float32)] * (context - 1)
     # the model's pixels: the camera's, scaled to the model's image size
     h, w = predictor.image_size if predictor else (H, W)
-    to_model_pixels = lambda p: torch.as_tensor(datasets.scale_points(p, (H, W), (h, w)), dtype=torch.float32)  # noqa: E731
-    dist = evaluation.delta_distribution(to_model_pixels(task.designated)[None], h, w)[0]  # (K, h, w)
+    to_model_pixels = lambda p: torch.as_tensor(pixels.scale_points(p, (H, W), (h, w)), dtype=torch.float32)  # noqa: E731
+    dist = pixels.delta_distribution(to_model_pixels(task.designated)[None], h, w)[0]  # (K, h, w)
     tracker = ColorTracker(obs, task.designated) if planner == "model" and suite.mpc.track == "registration" else None
     known = task.designated  # where the model planner knows the designated pixels are (camera pixels)
-    path = envs.agent_path(suite.env, H, W, suite.env_kwargs.get("action_repeat", 1)) \
+    path = (lambda state, actions: u.agent_path(actions)) \
         if suite.mpc.approach_weight > 0 and planner != "random" else None
     cost = DesignatedPixelCost(to_model_pixels(task.goals), (h, w), last_weight=suite.mpc.last_weight,
                                spread_weight=suite.mpc.spread_weight, sharpen=suite.mpc.sharpen,
@@ -309,7 +299,7 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
                     expanded = cem.expand(actions)
                     dists = predictor(ctx, past_t, expanded, dist, suite.mpc.amp)[1]
                     c = cost(dists, end)
-                    return c + approach(evaluation.centre_of_mass(dists), expanded) if approach else c
+                    return c + approach(pixels.centre_of_mass(dists), expanded) if approach else c
             if suite.mpc.action_weight > 0:
                 score = _with_effort(score, cem, suite.mpc.action_weight, end)
             result = cem.plan(score)
@@ -337,10 +327,10 @@ def run_task(env: gym.Env, task: Task, suite: SuiteRecipe, planner: str, predict
         if planner == "model":
             if suite.mpc.track == "model":
                 dist = predicted_dists[0, len(executed) - 1]
-                known = datasets.scale_points(evaluation.centre_of_mass(dist).numpy(), (h, w), (H, W))
+                known = pixels.scale_points(pixels.centre_of_mass(dist).numpy(), (h, w), (H, W))
             else:
                 known = tracked if suite.mpc.track == "registration" else info["points"][:K]
-                dist = evaluation.delta_distribution(to_model_pixels(known)[None], h, w)[0]
+                dist = pixels.delta_distribution(to_model_pixels(known)[None], h, w)[0]
     final = info["points"][:K].astype(np.float64)
     distances = np.linalg.norm(final - task.goals, axis=-1)
     return Outcome(
@@ -400,14 +390,16 @@ def run_suite(suite: SuiteRecipe, out, predictor: VideoPredictor | None, planner
 
     from tqdm import tqdm
 
-    from foresight.collect import make_env
+    from foresight.envs import make_env
 
     out = Path(out)
     env = make_env(suite.env, suite.env_kwargs, source)
     try:
         tasks = make_tasks(suite, env, source)
         if suite.mpc.approach_weight > 0:  # fail here, not in every task process
-            envs.agent_path(suite.env, 1, 1, where=f"{source}: key 'mpc.approach_weight'")
+            if not hasattr(env.unwrapped, "agent_path"):
+                raise ForesightError(f"{source}: key 'mpc.approach_weight': environment {suite.env!r} offers no "
+                                     f"agent_path (its agent's pixels along a plan)")
         if predictor is not None:
             predictor.check_env(suite.env, suite.env_kwargs, env, source)
     finally:
@@ -433,7 +425,7 @@ _WORKER = None  # (env, suite, predictor) in a task process
 
 def _init_worker(suite, predictor, source):
     global _WORKER
-    from foresight.collect import make_env
+    from foresight.envs import make_env
 
     torch.set_num_threads(1)
     _WORKER = (make_env(suite.env, suite.env_kwargs, source), suite, predictor)
@@ -458,7 +450,7 @@ class _TaskRunner:
 
             self.pool = mp.get_context("spawn").Pool(self.workers, _init_worker, self.args)
         else:
-            from foresight.collect import make_env
+            from foresight.envs import make_env
 
             suite, predictor, source = self.args
             _WORKER = (make_env(suite.env, suite.env_kwargs, source), suite, predictor)
