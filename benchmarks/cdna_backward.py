@@ -40,8 +40,8 @@ def op_seconds(transform, B, Ch, size, N, k, repeats=10) -> float:
 
 
 def step_seconds(repeats=5) -> float:
-    cfg = video.VideoPredictionConfig.small("cdna", image_size=(32, 32), widths=(8, 8, 16, 16, 32, 16, 8),
-                                            transform_kernel=9, skip=True)
+    cfg = video.VideoPredictionConfig.small("cdna", image_size=(32, 32), channels=3, action_dim=2,
+                                            widths=(8, 8, 16, 16, 32, 16, 8), transform_kernel=9, skip=True)
     model = video.VideoPredictionModel(cfg)
     g = torch.Generator().manual_seed(0)
     frames, actions = torch.rand(16, 8, 3, 32, 32, generator=g), torch.rand(16, 7, 2, generator=g)

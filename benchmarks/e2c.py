@@ -72,12 +72,13 @@ def ensure_data(recipe: str) -> None:
 def train(recipe: str, name: str, seed: int, reuse: bool, overrides: list[str]) -> tuple[Path, float]:
     """Train one model (or keep a finished run with --reuse); return its run folder and training minutes."""
     from foresight import recipes, training
+    from foresight.checkpoints import checkpoint_dir
 
     path = REPO / recipe
     sets = [*overrides, f"name={name}", f"train.seed={seed}"]
     r = recipes.load(training.TrainRecipe, path, sets)
     run = training.resolve_paths(r, path)[1]
-    ckpt = training.checkpoint_dir(run)
+    ckpt = checkpoint_dir(run)
     if reuse and ckpt and json.loads((ckpt / "state.json").read_text())["step"] >= r.train.steps:
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return run, max(row.get("seconds", 0.0) for row in rows) / 60
@@ -89,14 +90,14 @@ def train(recipe: str, name: str, seed: int, reuse: bool, overrides: list[str]) 
 
 def plan(run: Path | None, suite_path: str, pairs: int, planners: list[str], out: Path) -> dict:
     """Plan the suite's first `pairs` tasks with a trained run; the summary of each planner."""
-    from foresight import recipes, training
-    from foresight.planning import latent
+    from foresight import recipes
+    from foresight.planning import mpc, planners as planning, suites
 
-    suite = recipes.load(latent.LatentSuiteRecipe, REPO / suite_path, [f"tasks={pairs}"])
-    model = training.load_run(run)[0] if run is not None else None
+    suite = suites.load(REPO / suite_path, [f"tasks={pairs}"])
+    model = planning.load_model(run) if run is not None else None
     print(f"plan {suite_path} with {run.name if run else 'no model'}: {', '.join(planners)}", flush=True)
-    return latent.run_suite(suite, out, model, planners, suite_path, videos=2, progress=False,
-                            resolved={**recipes.to_dict(suite), "model": str(run)})
+    return mpc.run_suite(suite, out, model, planners, suite_path, videos=2, progress=False,
+                         resolved={**recipes.to_dict(suite), "model": str(run)})
 
 
 def mean_std(values) -> list[float]:
@@ -116,24 +117,24 @@ def suffix(tag: str) -> str:
 
 
 def map_score(run: Path) -> float:
-    """A planar run's latent map rank correlation (training.map_rank_correlation): the figure training wrote,
-    or computed from the model for runs trained before it did."""
-    from foresight import training
+    """A planar run's latent map rank correlation (learners.e2c.map_rank_correlation): the figure training
+    wrote, or computed from the model for runs trained before it did."""
+    from foresight.learners import load_run
+    from foresight.learners.e2c import map_rank_correlation, planar_latent_means
 
     saved = run / "latent_map.json"
     if saved.exists():
         return json.loads(saved.read_text())["map_rank_correlation"]
-    return training.map_rank_correlation(*training.planar_latent_means(training.load_run(run)[0]))
+    return map_rank_correlation(*planar_latent_means(load_run(run)[0]))
 
 
 def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, overrides: list[str],
                      tag: str = "") -> dict:
-    from foresight import recipes
-    from foresight.planning import latent
+    from foresight.planning import suites
 
     stem, data, suite = SYSTEMS[key]
     ensure_data(data)
-    goals = recipes.load(latent.LatentSuiteRecipe, REPO / suite).goal_states  # task i aims at goals[i % len]
+    goals = suites.load(REPO / suite).goal_states  # task i aims at goals[i % len]
     percent = {f"{kind}_{p}": [] for kind, ps in PLANS.items() for p in ps}  # every (model, pair) trajectory
     per_model = {k: [] for k in percent}  # each model's mean over its pairs
     per_goal = {k: {str(g): [] for g in goals} for k in percent}

@@ -3,8 +3,8 @@ and the planner's speed with its levers.
 
 Writes benchmarks/results/plan.json. Steps:
   1. the planning dataset (data/point_push_plan.toml) collected and the default planning model (--recipe)
-     trained, after the runs it fine-tunes (each recipe's train.init: train/plan_point_push.toml, then _h8.toml), if
-     missing (--reuse keeps existing runs);
+     trained, after the runs it fine-tunes (each recipe's train.init: train/plan_point_push_stage1.toml, then
+     _stage2.toml), if missing (--reuse keeps existing runs);
   2. plan/point_push.toml with the model, random actions and the oracle (CEM on the true simulator),
      its tasks spread over --workers processes of one thread each;
   2b. the model planner again with each other way of knowing where the designated pixel is after executing
@@ -47,14 +47,14 @@ def replan_seconds(suite, predictor, replans: int = 3) -> dict:
     which warms oneDNN's caches, is left out)."""
     from foresight import recipes
     from foresight.envs import make_env
-    from foresight.planning import mpc
+    from foresight.planning import mpc, suites
 
     per = suite.mpc.replan_every
-    suite = recipes.from_dict(mpc.SuiteRecipe, {**recipes.to_dict(suite), "steps": per * (replans + 1)}, "bench")
+    suite = recipes.from_dict(type(suite), {**recipes.to_dict(suite), "steps": per * (replans + 1)}, "bench")
     env = make_env(suite.env, suite.env_kwargs, "bench")
     try:
-        task = mpc.make_tasks(suite, env)[0]
-        warm = recipes.from_dict(mpc.SuiteRecipe, {**recipes.to_dict(suite), "steps": per}, "bench")
+        task = suites.make_tasks(suite, env)[0]
+        warm = recipes.from_dict(type(suite), {**recipes.to_dict(suite), "steps": per}, "bench")
         mpc.run_task(env, task, warm, "model", predictor, record=False)
         o = mpc.run_task(env, task, suite, "model", predictor, record=False)
     finally:
@@ -86,8 +86,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import foresight  # noqa: F401
-    from foresight import evaluation, recipes, training
-    from foresight.planning import mpc
+    from foresight import checkpoints, evaluation, recipes
+    from foresight.planning import planners, suites
+    from foresight.planning.tracking import TRACKING
 
     run, chain_minutes = trained_run(args.recipe, "data/point_push_plan.toml", args.reuse, args.workers)
     known = [m for m in chain_minutes.values() if m is not None]
@@ -100,23 +101,23 @@ def main() -> None:
               "model_psnr_gain_db": round(quality["psnr_gain_db"], 2),
               "model_tracking_ratio": round(quality.get("tracking_ratio", float("nan")), 3)}
     results_dir = REPO / "plan" / "results"
-    suites = [("point_push", ["model", "random", "oracle"], args.tasks),
+    runs = [("point_push", ["model", "random", "oracle"], args.tasks),
               ("point_push_2obj", ["model", "random", "oracle"], args.tasks_other),
               ("arm_push", ["random", "oracle"], args.tasks_other)]
-    for name, planners, tasks in suites:
+    for name, names, tasks in runs:
         if not args.skip_suites:
-            cmd = [EXE, "plan", str(REPO / "plan" / f"{name}.toml"), "--planners", ",".join(planners),
+            cmd = [EXE, "plan", str(REPO / "plan" / f"{name}.toml"), "--planners", ",".join(names),
                    "--workers", str(args.workers), "--videos", "5", "--no-progress"]
-            cmd += ["--model", str(run)] if "model" in planners else []
+            cmd += ["--model", str(run)] if "model" in names else []
             cmd += ["--set", f"tasks={tasks}"] if tasks else []
             sh(*cmd)
         summary_file = results_dir / name / "summary.json"  # with --skip-suites: the last run's
         if summary_file.exists():
-            result[name] = suite_figures(json.loads(summary_file.read_text()), planners)
-    suite = recipes.load(mpc.SuiteRecipe, REPO / "plan" / "point_push.toml")
+            result[name] = suite_figures(json.loads(summary_file.read_text()), names)
+    suite = suites.load(REPO / "plan" / "point_push.toml")
     if args.tasks_tracking:
         result["tracking"] = {"suite_default": suite.mpc.track}
-        for track in mpc.TRACKING:
+        for track in TRACKING:
             if track == suite.mpc.track:
                 continue
             out = results_dir / f"point_push_track_{track}"
@@ -134,23 +135,20 @@ def main() -> None:
 
     # speed, one process
     torch.set_num_threads(args.threads)
-    model, learner, resolved, _ = training.load_run(run)
-    predictor = mpc.VideoPredictor(model, learner.settings.context, trained_env=resolved["dataset"]["env"])
+    predictor = planners.load_model(run)
     with_cem = lambda s, **cem: recipes.from_dict(  # noqa: E731
-        mpc.SuiteRecipe, {**recipes.to_dict(s), "cem": {**recipes.to_dict(s)["cem"], **cem}}, "bench")
+        type(s), {**recipes.to_dict(s), "cem": {**recipes.to_dict(s)["cem"], **cem}}, "bench")
     with_amp = lambda s: recipes.from_dict(  # noqa: E731
-        mpc.SuiteRecipe, {**recipes.to_dict(s), "mpc": {**recipes.to_dict(s)["mpc"], "amp": "bf16"}}, "bench")
+        type(s), {**recipes.to_dict(s), "mpc": {**recipes.to_dict(s)["mpc"], "amp": "bf16"}}, "bench")
     levers = {}
     env_run = REPO / args.env_scale_run
-    if training.checkpoint_dir(env_run):  # the Train issue's model: 64x64 at the control rate, actions repeated 3x
-        m, lr, res, _ = training.load_run(env_run)
-        fine = recipes.from_dict(mpc.SuiteRecipe, {**recipes.to_dict(suite), "steps": 45,
-                                                    "env_kwargs": {**suite.env_kwargs, "action_repeat": 1},
-                                                    "cem": {**recipes.to_dict(suite)["cem"], "repeat": 3},
-                                                    "mpc": {"replan_every": 3}}, "bench")
-        levers["env_time_scale_64px"] = replan_seconds(
-            with_cem(fine, **VF_CEM), mpc.VideoPredictor(m, lr.settings.context, trained_env=res["dataset"]["env"]),
-            replans=1)
+    if checkpoints.checkpoint_dir(env_run):  # the Train issue's model: 64x64 at the control rate, actions repeated 3x
+        fine = recipes.from_dict(type(suite), {**recipes.to_dict(suite), "steps": 45,
+                                               "env_kwargs": {**suite.env_kwargs, "action_repeat": 1},
+                                               "cem": {**recipes.to_dict(suite)["cem"], "repeat": 3},
+                                               "mpc": {"replan_every": 3}}, "bench")
+        levers["env_time_scale_64px"] = replan_seconds(with_cem(fine, **VF_CEM), planners.load_model(env_run),
+                                                       replans=1)
     levers["planning_scale_32px"] = replan_seconds(with_cem(suite, **VF_CEM), predictor)
     levers["planning_scale_32px_bf16"] = replan_seconds(with_amp(with_cem(suite, **VF_CEM)), predictor, replans=1)
     levers["suite_cem"] = replan_seconds(suite, predictor)

@@ -5,8 +5,10 @@ are best, and a model's errors are over-represented among them. This measures th
 without running whole MPC episodes, so a new planning model can be judged before a full benchmarks/plan.py:
 at the start of each of the first --tasks tasks of plan/point_push.toml,
 
-  model plan   CEM with the suite's settings scoring the model's designated-pixel cost
-  oracle plan  the same CEM scoring the simulator's object pixels
+  model plan   CEM with the suite's settings scoring the model planner's cost (the suite's cost terms)
+  oracle plan  the same CEM and cost on the simulator's rollouts
+
+Both planners are made as `foresight plan` makes them (planning.planners.make), so "model cost" is the planner's.
 
 and for each plan, the designated object's progress toward its goal over the plan (start distance minus
 final distance, camera pixels) as the model predicts it (expected position of the carried distribution) and
@@ -35,9 +37,21 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
+def first_replan(suite, env, task, predictor):
+    """The model and oracle planners of a task, as `foresight plan` makes them, ready for their first replan."""
+    from foresight.planning import planners
+
+    obs, info = env.reset(seed=task.seed, options=task.reset_options)
+    model = planners.make("model", suite, env, task, obs, predictor)
+    oracle = planners.make("oracle", suite, env, task, obs)
+    model.rollouts.begin(obs, info)
+    oracle.rollouts.begin(obs, info)
+    return model, oracle
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="train/runs/plan_point_push", help="a run folder (relative to the repository)")
+    ap.add_argument("--model", default="pretrained/plan_point_push", help="a run folder (relative to the repository)")
     ap.add_argument("--suite", default=str(REPO / "plan" / "point_push.toml"))
     ap.add_argument("--tasks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
@@ -46,52 +60,36 @@ def main() -> None:
     args = ap.parse_args()
 
     import foresight  # noqa: F401
-    from foresight import evaluation, pixels, recipes, training
+    from foresight import evaluation, pixels
     from foresight.envs import make_env
-    from foresight.planning import mpc
-    from foresight.planning.cem import CEM
-    from foresight.planning.costs import DesignatedPixelCost
+    from foresight.planning import planners, suites
 
     torch.set_num_threads(args.threads)
-    model, learner, resolved, _ = training.load_run(REPO / args.model)
-    predictor = mpc.VideoPredictor(model, learner.settings.context, trained_env=resolved["dataset"]["env"])
-    suite = recipes.load(mpc.SuiteRecipe, args.suite, args.set)
+    predictor = planners.load_model(REPO / args.model)
+    suite = suites.load(args.suite, args.set)
     env = make_env(suite.env, suite.env_kwargs, args.suite)
-    u = env.unwrapped
-    tasks = mpc.make_tasks(suite, env, args.suite)[:args.tasks]
+    predictor.check_env(suite.env, suite.env_kwargs, env, args.suite)
+    tasks = suites.make_tasks(suite, env, args.suite)[:args.tasks]
     h, w = predictor.image_size
-    rows, cols = torch.arange(h).float().view(h, 1), torch.arange(w).float().view(1, w)
-    low, high = env.action_space.low, env.action_space.high
     per_task = []
     for task in tqdm(tasks, desc="first replans", dynamic_ncols=True):
-        obs, _ = env.reset(seed=task.seed, options=suite.reset_options)
-        H, W = obs.shape[:2]
-        to_model = lambda p: torch.as_tensor(pixels.scale_points(p, (H, W), (h, w)), dtype=torch.float32)  # noqa: E731
-        dist = pixels.delta_distribution(to_model(task.designated)[None], h, w)[0]
-        cost = DesignatedPixelCost(to_model(task.goals), (h, w), last_weight=suite.mpc.last_weight,
-                                   spread_weight=suite.mpc.spread_weight, sharpen=suite.mpc.sharpen)
-        ctx, past = predictor.frames([obs] * predictor.context), torch.zeros(predictor.context - 1, *low.shape)
+        model, oracle = first_replan(suite, env, task, predictor)
+        H, W = model.rollouts.camera_size
         goals = torch.as_tensor(task.goals, dtype=torch.float32)
-        cem = CEM(suite.cem, low, high)
-
-        def model_score(actions):
-            return cost(predictor(ctx, past, cem.expand(actions), dist)[1])
-
         start = float(np.linalg.norm(task.designated - task.goals, axis=-1).mean())
         row = {"task": task.index, "start_distance": round(start, 3)}
-        rest = torch.zeros(cem.horizon, *low.shape)
-        row["rest_model_cost"] = round(float(model_score(rest[None])[0]), 3)
-        for name, score in (("model_plan", model_score),
-                            ("oracle_plan", mpc.oracle_score(u, cem, task.goals, suite.mpc.last_weight))):
-            plan = cem.expand(CEM(suite.cem, low, high).plan(score).best)[None]  # a fresh search each: no warm start
-            _, d = predictor(ctx, past, plan, dist)  # (1, T, K, h, w)
-            expected = torch.stack([(d[0, -1] * rows).sum((-1, -2)), (d[0, -1] * cols).sum((-1, -2))], -1)  # (K, 2)
-            predicted = torch.as_tensor(pixels.scale_points(expected.numpy(), (h, w), (H, W)))
-            true = torch.as_tensor(u.rollout_points(plan.numpy()))[0, -1, :len(goals)]
+        rest = torch.zeros(1, model.cem.horizon, *env.action_space.shape)
+        row["rest_model_cost"] = round(float(model.score(rest)[0]), 3)
+        for name, planner in (("model_plan", model), ("oracle_plan", oracle)):
+            plan = planner.cem.expand(planner.cem.plan(planner.score).best)[None]  # a fresh search each: no warm start
+            rollout = model.rollouts(plan)
+            centre = pixels.centre_of_mass(rollout.dists[0, -1])  # (K, 2) model pixels
+            predicted = torch.as_tensor(pixels.scale_points(centre.numpy(), (h, w), (H, W)))
+            true = torch.as_tensor(env.unwrapped.rollout_points(plan.numpy()))[0, -1, :len(goals)]
             row[name] = {"promised_px": round(start - float((predicted - goals).norm(dim=-1).mean()), 3),
                          "delivered_px": round(start - float((true - goals).norm(dim=-1).mean()), 3),
                          "final_error_px": round(float((predicted - true).norm(dim=-1).mean()), 3),
-                         "model_cost": round(float(cost(d)[0]), 3)}
+                         "model_cost": round(float(model.cost(rollout)[0]), 3)}
         per_task.append(row)
     env.close()
 

@@ -46,11 +46,12 @@ def trained_run(recipe: str, data_recipe: str, reuse: bool, workers: int) -> tup
     trained first, the run trained afresh unless ``reuse`` finds a checkpoint (then its minutes are its
     own log's, and the runs before it are not retrained)."""
     from foresight import recipes, training
+    from foresight.checkpoints import checkpoint_dir
 
     recipe_path = REPO / recipe
     data_dir, run = training.resolve_paths(recipes.load(training.TrainRecipe, recipe_path), recipe_path)
     parent = init_recipe(recipe_path)
-    if reuse and training.checkpoint_dir(run):
+    if reuse and checkpoint_dir(run):
         minutes = {}
         while parent is not None:  # the minutes of the runs before it, as far as they are logged
             minutes[parent.stem] = logged_minutes(training.resolve_paths(recipes.load(training.TrainRecipe, parent), parent)[1])

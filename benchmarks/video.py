@@ -82,6 +82,40 @@ def training_fps(model, batch: int, frames_per_seq: int, repeats: int = 2) -> fl
     return batch * (frames_per_seq - 1) / timed(step, repeats)
 
 
+def flops_per_frame(config) -> int:
+    """Floating-point operations (2 x multiply-adds of convolutions and linear layers, the convention
+    of torch.utils.flop_counter) to predict one frame with a VideoPredictionConfig, designated pixels not
+    included (tests/test_video_model.py checks it against torch's FlopCounterMode)."""
+    cfg = config
+    w1, w2, w3, w4, w5, w6, w7 = cfg.widths
+    H, W = cfg.image_size
+    n2, n4, n8 = (H // 2) * (W // 2), (H // 4) * (W // 4), (H // 8) * (W // 8)
+    lk, tk = cfg.lstm_kernel ** 2, cfg.transform_kernel ** 2
+    a, s = cfg.action_dim, cfg.state_dim
+
+    def conv(cin, cout, kk, n):
+        return 2 * cin * cout * kk * n
+
+    def lstm(cin, width, n):
+        return conv(cin + width, 4 * width, lk, n)
+
+    total = (conv(cfg.channels, w1, 25, n2) + lstm(w1, w1, n2) + lstm(w1, w2, n2)
+             + conv(w2, w2, 9, n4) + lstm(w2, w3, n4) + lstm(w3, w4, n4)
+             + conv(w4, w4, 9, n8) + conv(w4 + a + s, w4, 1, n8) + lstm(w4, w5, n8)
+             + conv(w5, w5, 9, n8) + lstm(w5, w6, n4)  # transposed convs: taps x *input* pixels
+             + conv(w6 + w2, w6 + w2, 9, n4) + lstm(w6 + w2, w7, n2)
+             + conv(w7 + w1, w7 + w1, 9, n2)
+             + conv(w7 + w1, cfg.num_candidates, 1, H * W))
+    if cfg.transform == "cdna":
+        total += 2 * w5 * n8 * cfg.num_kernels * tk  # kernel head (fully connected)
+        total += 2 * cfg.channels * cfg.num_kernels * tk * H * W  # grouped conv
+    else:
+        total += conv(w7 + w1, tk, 1, H * W)  # per-pixel kernels (the shifted sums are not convs)
+    if s:
+        total += 2 * (s + a) * s
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reuse", action="store_true", help="keep an existing dataset / trained run")
@@ -90,8 +124,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import foresight  # noqa: F401
-    from foresight import evaluation, training
-    from foresight.models.video import VideoPredictionConfig, VideoPredictionModel, flops_per_frame
+    from foresight import evaluation
+    from foresight.learners import load_run
+    from foresight.models.video import VideoPredictionConfig, VideoPredictionModel
 
     run, chain_minutes = trained_run(args.recipe, "data/point_push.toml", args.reuse, os.cpu_count() or 1)
     train_minutes = sum(m or 0.0 for m in chain_minutes.values())
@@ -99,7 +134,7 @@ def main() -> None:
     quality = json.loads((run / "eval.json").read_text())
 
     torch.manual_seed(0)
-    model, learner, _, _ = training.load_run(run)
+    model, learner, _, _ = load_run(run)
     cfg = model.config
     horizon = learner.settings.horizon
     flops = flops_per_frame(cfg)

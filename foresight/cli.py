@@ -123,44 +123,26 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from foresight import datasets, evaluation, training
+    from foresight import datasets
+    from foresight.learners import load_run
 
-    model, learner, resolved, state = training.load_run(args.run)
+    model, learner, resolved, state = load_run(args.run)
     data = args.data or resolved["data"]
     learner.check_data(datasets.read_manifest(data)["shapes"], str(data))
-    if learner.kind == "e2c":  # reconstruction / next-frame PSNR (and the planar latent map)
-        result = learner.evaluate(model, data, Path(args.out or args.run), args.max_windows)
-        print(f"PSNR reconstruction {result['val_psnr']:.2f} dB, predicted next frame {result['val_psnr_next']:.2f} dB"
-              f"\nwrote {Path(args.out or args.run) / 'eval.json'}")
-        return 0
-    s = learner.settings
-    result = evaluation.evaluate_video(model, data, s.context, s.horizon, s.val_fraction, s.seed,
-                                       learner.use_states, max_windows=args.max_windows)
-    result.update({"run": str(args.run), "data": str(data), "step": state["step"]})
-    js, png = evaluation.write_video_report(result, Path(args.out or args.run), f"{Path(args.run).name} "
-                                            f"(step {state['step']}) on {Path(data).name}")
-    line = f"PSNR gain over copy-last {result['psnr_gain_db']:+.2f} dB"
-    if "tracking_ratio" in result:
-        line += f"; tracking error at the last step {result['tracking_ratio']:.2f}x the static baseline's"
-    print(f"{line}\nwrote {js} and {png}")
+    out = Path(args.out or args.run)
+    result = learner.evaluate(model, data, out, args.max_windows, run=args.run, step=state["step"])
+    print(learner.describe(result, out))
     return 0
 
 
 def cmd_plan(args) -> int:
-    from foresight import pixels, recipes, training, viz
+    from foresight import pixels, recipes, viz
     from foresight.envs import make_env
-    from foresight.planning import mpc
+    from foresight.planning import mpc, planners, suites
 
-    predictor = None
-    if args.model:
-        model, learner, resolved, _ = training.load_run(args.model)
-        if learner.kind == "e2c":  # a latent model (E2C / VAE) plans toward goal images in its latent space
-            from foresight.planning import latent
-            return latent.cmd_plan(args, model)
-        predictor = mpc.VideoPredictor(model, learner.settings.context,
-                                       trained_env=resolved.get("dataset", {}).get("env"))
+    model = planners.load_model(args.model) if args.model else None
     if args.suite:
-        suite = recipes.load(mpc.SuiteRecipe, args.suite, args.set)
+        suite = suites.load(args.suite, args.set)
         source = args.suite
         out = Path(args.out) if args.out else Path(args.suite).parent / "results" / suite.name
     elif args.env:
@@ -169,22 +151,22 @@ def cmd_plan(args) -> int:
         raw = {"name": "single", "env": args.env, "tasks": 1, "baselines": []}
         for item in args.set:
             recipes.apply_override(raw, item)
-        suite = recipes.from_dict(mpc.SuiteRecipe, raw, "--env")
+        suite = recipes.from_dict(suites.DesignatedPixelSuite, raw, "--env")
         source, out = "--env", Path(args.out or "plan/results/single")
     else:
         raise ForesightError("plan: give a suite file (plan/point_push.toml) or a single task (--env ID ...)")
-    planners = args.planners.split(",") if args.planners else (["model"] if predictor else []) + list(suite.baselines)
-    for p in planners:
-        if p not in mpc.PLANNERS:
-            raise ForesightError(f"--planners: unknown planner {p!r} (expected: {', '.join(mpc.PLANNERS)})")
-    if "model" in planners and predictor is None:
-        raise ForesightError("--model: the 'model' planner needs a trained video prediction run (--model RUN)")
-    if not planners:
+    trained = getattr(model, "trained_env", None) or {}
+    if trained.get("id") not in (None, suite.env):
+        raise ForesightError(f"--model: was trained on {trained['id']} images, the suite {source} runs {suite.env}")
+    model_planners = [p for p in suites.PLANNERS[suite.kind] if p in planners.MODEL_PLANNERS]
+    names = args.planners.split(",") if args.planners else (model_planners if model else []) + list(suite.baselines)
+    if not names:
         raise ForesightError("--planners: nothing to run (give --model RUN or --planners oracle,random)")
+    planners.check(suite, names, model)
     if args.env:  # one task from the command line
         env = make_env(suite.env, suite.env_kwargs, "--env")
-        if predictor is not None:
-            predictor.check_env(suite.env, suite.env_kwargs, env, "--env")
+        if model is not None:
+            model.check_env(suite.env, suite.env_kwargs, env, "--env")
         obs, _ = env.reset(seed=args.seed)
         H, W = obs.shape[:2]
         parse = lambda text, name: pixels.check_in_image(name, [[float(v) for v in p.split(",")] for p in text.split(";")], H, W)  # noqa: E731
@@ -194,9 +176,9 @@ def cmd_plan(args) -> int:
             raise ForesightError("--designated/--goal: expected pixels as 'row,col' or 'row,col;row,col'") from None
         if len(designated) != len(goal):
             raise ForesightError(f"--goal: {len(goal)} goal pixel(s) for {len(designated)} designated pixel(s)")
-        task = mpc.Task(0, args.seed, designated, goal)
-        for p in planners:
-            o = mpc.run_task(env, task, suite, p, predictor)
+        task = suites.Task(0, args.seed, designated, goal)
+        for p in names:
+            o = mpc.run_task(env, task, suite, p, model)
             path = viz.write_gif(out / p / "task-000.gif", o.video, fps=10)
             print(f"[{p}] distance {o.start_distance:.1f} -> {o.final_distance:.1f} px "
                   f"({'success' if o.success else 'not reached'}); video {path}")
@@ -204,20 +186,24 @@ def cmd_plan(args) -> int:
         return 0
     if args.workers < 1:
         raise ForesightError(f"--workers: expected an integer >= 1, got {args.workers}")
-    summary = mpc.run_suite(suite, out, predictor, planners, source, args.videos, not args.no_progress, workers=args.workers,
+    summary = mpc.run_suite(suite, out, model, names, source, args.videos, not args.no_progress, workers=args.workers,
                             resolved={**recipes.to_dict(suite), "model": str(args.model) if args.model else None})
-    for p in planners:
+    for p in names:
         s = summary[p]
-        print(f"[{p:>6}] success {100 * s['success']:.0f}% of {s['tasks']}, final/start "
-              f"{s['final_over_start']:.2f}, {s['seconds_per_replan']:.2f} s per replan")
+        if suite.kind == "goal_image":
+            print(f"[{p:>6}] {s['percent_in_goal']:.1f} +- {s['percent_in_goal_std']:.1f}% of steps in the goal region, "
+                  f"in it at the end {100 * s['success']:.0f}% of {s['tasks']}, {s['seconds_per_replan']:.3f} s per replan")
+        else:
+            print(f"[{p:>6}] success {100 * s['success']:.0f}% of {s['tasks']}, final/start "
+                  f"{s['final_over_start']:.2f}, {s['seconds_per_replan']:.2f} s per replan")
     print(f"results in {out} (summary.json, videos per planner)")
     return 0
 
 
 def cmd_export(args) -> int:
-    from foresight import training
+    from foresight.checkpoints import export_run
 
-    print(f"exported {args.run} to {training.export_run(args.run, args.dest)}")
+    print(f"exported {args.run} to {export_run(args.run, args.dest)}")
     return 0
 
 
@@ -282,8 +268,8 @@ def show_dataset(root: str | Path, episodes: int = 4, out: str | Path | None = N
 
 
 def cmd_demo(args) -> int:
-    from foresight import collect, datasets, recipes, training
-    from foresight.planning import mpc
+    from foresight import collect, datasets, recipes
+    from foresight.planning import mpc, planners, suites
 
     out = Path(args.out)
     recipe_path = REPO / "data" / "point_push.toml"
@@ -298,10 +284,9 @@ def cmd_demo(args) -> int:
     run = REPO / "pretrained" / "plan_point_push"  # made by `make pretrained` (train/plan_point_push.toml)
     print(f"[3/3] visual MPC: pushing the block to a goal pixel in {args.tasks} tasks of plan/point_push.toml "
           f"with the shipped planning model ({run.relative_to(REPO)}) and with random actions")
-    model, learner, resolved, _ = training.load_run(run)
-    predictor = mpc.VideoPredictor(model, learner.settings.context, trained_env=resolved["dataset"]["env"])
+    predictor = planners.load_model(run)
     suite_path = REPO / "plan" / "point_push.toml"
-    suite = recipes.load(mpc.SuiteRecipe, suite_path, [f"tasks={args.tasks}"])
+    suite = suites.load(suite_path, [f"tasks={args.tasks}"])
     summary = mpc.run_suite(suite, out / "plan", predictor, ["model", "random"], str(suite_path), videos=args.tasks,
                             workers=min(args.workers, args.tasks))
     for p in ("model", "random"):

@@ -132,7 +132,7 @@ def run_planner_episode(env: gym.Env, recipe: CollectRecipe, index: int, rng: np
     planned and executed by the suite's visual MPC for ``recipe.steps`` steps, with a CEM seed of its own.
     Data of the plans a planner makes, which random exploration seldom shows (going round the block,
     pushes aimed at a goal) and, from a model's planner, the plans its errors led to."""
-    from foresight.planning import mpc
+    from foresight.planning import mpc, suites
 
     suite, predictor = _planner(recipe.policy)
     near = bool(recipe.reset_options) and rng.random() < recipe.reset_fraction
@@ -140,7 +140,7 @@ def run_planner_episode(env: gym.Env, recipe: CollectRecipe, index: int, rng: np
         dataclasses.replace(suite.mpc, replan_every=recipe.policy.replan_every)
     suite = dataclasses.replace(suite, steps=recipe.steps, reset_options=recipe.reset_options if near else {},
                                 cem=dataclasses.replace(suite.cem, seed=int(rng.integers(2**31))), mpc=mpc_settings)
-    task = mpc.make_task(suite, env, index, rng, recipe.policy.suite)
+    task = suites.make_task(suite, env, index, rng, recipe.policy.suite)
     outcome = mpc.run_task(env, task, suite, recipe.policy.planner, predictor, record=False, keep_episode=True)
     e = outcome.episode
     return {"frames": e["frames"].astype(np.uint8), "actions": e["actions"].astype(np.float32),
@@ -151,12 +151,11 @@ _PLANNERS: dict = {}  # (suite, model) -> (suite recipe, predictor): loaded once
 
 
 def _planner(policy: PolicyRecipe):
-    from foresight import recipes, training
-    from foresight.planning import mpc
+    from foresight.planning import planners, suites
 
     key = (policy.suite, policy.model if policy.planner == "model" else "")
     if key not in _PLANNERS:
-        suite = recipes.load(mpc.SuiteRecipe, policy.suite)
+        suite = suites.load(policy.suite)
         predictor = None
         if policy.planner == "model":
             import torch
@@ -164,8 +163,7 @@ def _planner(policy: PolicyRecipe):
             # one thread: a convolution's float sums depend on the thread count, CEM's choices on those
             # sums, and a dataset must be the same bytes for any number of worker processes
             torch.set_num_threads(1)
-            model, learner, resolved, _ = training.load_run(policy.model)
-            predictor = mpc.VideoPredictor(model, learner.settings.context, trained_env=resolved["dataset"]["env"])
+            predictor = planners.load_model(policy.model)
         _PLANNERS[key] = (suite, predictor)
     return _PLANNERS[key]
 
@@ -173,8 +171,7 @@ def _planner(policy: PolicyRecipe):
 def _resolve_planner(recipe: CollectRecipe, env: gym.Env, source: str) -> CollectRecipe:
     """Kind 'planner': the suite and model paths made absolute (relative to the recipe file) and checked
     against the recipe's environment, so workers anywhere load the same planner."""
-    from foresight import recipes
-    from foresight.planning import mpc
+    from foresight.planning import suites
 
     p = recipe.policy
     base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
@@ -182,7 +179,10 @@ def _resolve_planner(recipe: CollectRecipe, env: gym.Env, source: str) -> Collec
         raise ForesightError(f"{source}: key 'policy.suite': kind 'planner' needs a planning suite, e.g. "
                              f"suite = \"../plan/point_push.toml\"")
     suite_path = (base / p.suite).resolve()
-    suite = recipes.load(mpc.SuiteRecipe, suite_path)
+    suite = suites.load(suite_path)
+    if suite.kind != "designated_pixels":
+        raise ForesightError(f"{source}: key 'policy.suite': {suite_path} is a {suite.kind} suite; the planner "
+                             f"policy runs designated-pixel suites")
     if (suite.env, suite.env_kwargs) != (recipe.env, recipe.env_kwargs):
         raise ForesightError(f"{source}: key 'policy.suite': {suite_path} plans in {suite.env} {suite.env_kwargs}, "
                              f"the recipe collects {recipe.env} {recipe.env_kwargs}; they must be the same")
@@ -190,7 +190,7 @@ def _resolve_planner(recipe: CollectRecipe, env: gym.Env, source: str) -> Collec
     if p.planner == "model":
         if not p.model:
             raise ForesightError(f"{source}: key 'policy.model': planner 'model' needs a training run, e.g. "
-                                 f"model = \"../train/runs/plan_point_push_h8b\"")
+                                 f"model = \"../train/runs/plan_point_push\"")
         model = str((base / p.model).resolve())
         _PLANNERS.pop((str(suite_path), model), None)  # the run may have been retrained since this process loaded it
         _, predictor = _planner(dataclasses.replace(p, suite=str(suite_path), model=model))
@@ -198,6 +198,7 @@ def _resolve_planner(recipe: CollectRecipe, env: gym.Env, source: str) -> Collec
     elif not hasattr(env.unwrapped, "rollout_points"):
         raise ForesightError(f"{source}: key 'policy.planner': the oracle needs an environment that can roll out "
                              f"its objects' pixels, and {recipe.env} cannot (use 'model')")
+    suites.check(suite, env, str(suite_path))
     return dataclasses.replace(recipe, policy=dataclasses.replace(p, suite=str(suite_path), model=model))
 
 

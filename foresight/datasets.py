@@ -216,10 +216,13 @@ class WindowDataset:
     ``stride`` steps. ``split`` picks the seeded train or validation episodes. ``image_size`` (h, w)
     area-resizes the frames and scales the points to match. ``agent_points`` (a function: states (L, S) ->
     (L, P, 2) camera pixels, e.g. ``foresight.envs.agent_pixels``) appends the agent's pixels to the points.
+    ``in_memory`` reads the split's episodes once, episode by episode, and serves every window from memory
+    (uint8 frames, as stored): for small datasets whose model steps are faster than a window's HDF5 read
+    (about 1.5 ms); the items are the same.
     """
 
     def __init__(self, root: str | Path, length: int, split: str = "train", val_fraction: float = 0.1,
-                 seed: int = 0, stride: int = 1, image_size=None, agent_points=None):
+                 seed: int = 0, stride: int = 1, image_size=None, agent_points=None, in_memory: bool = False):
         self.store = EpisodeStore(root)
         self.agent_points = agent_points
         self.image_size = tuple(image_size) if image_size is not None else tuple(self.store.shapes["frames"][1:3])
@@ -236,13 +239,24 @@ class WindowDataset:
         starts = np.arange(0, frames_per_episode - length + 1, stride)
         self.items = [(int(e), int(s)) for e in self.episodes for s in starts]
         self.length = length
+        self.memory = None  # episode -> {key: array}, when held in memory
+        if in_memory:
+            try:
+                self.memory = {int(e): self.store.episode(int(e)) for e in self.episodes}
+            finally:
+                self.store.close()
+
+    def _read(self, e: int, key: str, start: int, stop: int) -> np.ndarray:
+        if self.memory is not None:
+            return self.memory[e][key][start:stop]
+        return self.store.read(e, key, start, stop)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, n: int) -> dict[str, np.ndarray]:
         e, s = self.items[n]
-        L, read = self.length, self.store.read
+        L, read = self.length, self._read
         frames = read(e, "frames", s, s + L)  # (L, H, W, C) uint8
         points = read(e, "points", s, s + L)
         states = read(e, "states", s, s + L)

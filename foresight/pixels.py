@@ -17,6 +17,8 @@ def scale_points(points: np.ndarray, src, dst) -> np.ndarray:
     """(row, col) pixels (..., 2) of an src = (H, W) image to the dst = (h, w) image of the same view
     ((0, 0) is the centre of the top-left pixel, so centres map as (p + 0.5) * scale - 0.5)."""
     points = np.asarray(points)
+    if tuple(src) == tuple(dst) and points.dtype.kind == "f":
+        return points
     scale = np.array([dst[0] / src[0], dst[1] / src[1]])
     out = (points + 0.5) * scale - 0.5
     return out.astype(points.dtype) if points.dtype.kind == "f" else out

@@ -1,9 +1,10 @@
 """Recipes: TOML files read into frozen dataclasses, validated, with ``--set key=value`` overrides.
 
 A recipe is data, not code. Every field of a recipe dataclass is a TOML key; a nested dataclass is a
-TOML table; a ``dict`` field is a free-form table checked by whoever consumes it (environment
-options, for instance). Field metadata (``spec``) may carry bounds (``min`` / ``max`` inclusive, ``above`` /
-``below`` exclusive; for a list, of each item) or a set of ``choices``. A rule between fields is a method
+TOML table, whose missing keys read as the field's default (not the table class's); a ``dict`` field
+is a free-form table checked by whoever consumes it (environment options, for instance). Field metadata
+(``spec``) may carry bounds (``min`` / ``max`` inclusive, ``above`` / ``below`` exclusive; for a list, of
+each item) or a set of ``choices``. A rule between fields is a method
 ``checks(self)`` of the dataclass yielding ``(key, expected)`` pairs for what is wrong.
 
 This is the one place a configuration is validated: every config dataclass (recipes, model configs, CEM
@@ -114,6 +115,8 @@ def field_defaults(cls: type) -> dict:
 def _check(tp: Any, value: Any, f: dataclasses.Field, source: str, key: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, dict) and dataclasses.is_dataclass(f.default):  # a table's missing keys: the field's default
+            value = {**to_dict(f.default), **value}
         return from_dict(tp, value, source, key + ".")
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
+from foresight import recipes
 from foresight.errors import ForesightError
 from foresight.models.e2c import (
     E2C,
@@ -11,9 +12,20 @@ from foresight.models.e2c import (
     E2CConfig,
     LocallyLinearNormal,
     kl_locally_linear_to_diagonal,
-    planar,
-    point_push,
 )
+
+
+def preset(name, **overrides) -> E2CConfig:
+    """A preset's config as a recipe reads it: the preset's fields, the table's keys over them, checked."""
+    return recipes.from_dict(E2CConfig, {**PRESETS[name], **overrides}, "e2c.toml", prefix="model.")
+
+
+def planar(**overrides):
+    return preset("planar", **overrides)
+
+
+def point_push(**overrides):
+    return preset("point_push", **overrides)
 
 
 def tiny(model="e2c", **overrides):
@@ -73,7 +85,7 @@ def test_locally_linear_normal_moments_and_samples():
 @pytest.mark.parametrize("model", ["e2c", "vae"])
 def test_shapes_of_encode_transition_decode_for_presets(preset, model):
     torch.manual_seed(0)
-    cfg = PRESETS[preset](model=model)
+    cfg = E2CConfig(**{**PRESETS[preset], "model": model})
     net = E2C(cfg)
     (c, h, w), zd, ud, b = cfg.image_shape, cfg.latent_dim, cfg.action_dim, 3
     x = torch.rand(b, c, h, w)
@@ -99,7 +111,8 @@ def test_paper_widths_in_presets():
     assert [(m.in_features, m.out_features) for m in linears] == [(1600, 150), (150, 150), (150, 150), (150, 4)]
     dec = [m.out_features for m in net.decoder.modules() if isinstance(m, torch.nn.Linear)]
     assert dec == [200, 200, 1600]
-    assert PRESETS["pendulum"]().image_shape == (2, 48, 48) and PRESETS["pendulum"]().latent_dim == 3
+    assert preset("pendulum").image_shape == (2, 48, 48) and preset("pendulum").latent_dim == 3
+    assert preset("pendulum").action_dim == 1 and planar().action_dim == 2 and point_push().latent_dim == 8
     assert point_push(latent_dim=16).latent_dim == 16
 
 
@@ -265,11 +278,13 @@ def test_bad_inputs_name_the_argument_and_shape():
         (dict(pixel_std=0), "pixel_std"),
         (dict(encoder_widths=(150, 0)), "encoder_widths"),
         (dict(encoder="conv"), "image_shape"),  # 40x40 is not a multiple of 2**4
+        (dict(encoder="conv", conv_channels=()), "conv_channels"),
         (dict(transition_width=(10,)), "transition_width"),  # misspelt: unknown field
     ],
 )
 def test_bad_config_names_the_field(overrides, field):
-    with pytest.raises(ForesightError, match=field):
+    """A config is checked where it is read (recipes.from_dict), and the mistake names its key."""
+    with pytest.raises(ForesightError, match=rf"e2c.toml: (unknown )?key 'model.{field}"):
         planar(**overrides)
 
 

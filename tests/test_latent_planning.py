@@ -12,7 +12,10 @@ from foresight import cli, collect, recipes, training
 from foresight.envs import planar
 from foresight.errors import ForesightError
 from foresight.models.e2c import E2C, E2CConfig
-from foresight.planning import latent
+from foresight.planning import mpc, suites
+from foresight.planning.costs import Cost, CostContext, CostSettings, build_cost, step_weights
+from foresight.planning.ilqr import ILQRSettings, LatentILQR
+from foresight.planning.latent import LatentModel
 
 
 class LinearModel:
@@ -57,6 +60,7 @@ class TruePlanar(LinearModel):
 SUITE = """
 name = "reach"
 env = "foresight/Planar-v0"
+kind = "goal_image"
 tasks = 2
 seed = 1
 steps = 20
@@ -79,7 +83,11 @@ iterations = 5
 def suite(tmp_path, *overrides, text=SUITE):
     path = tmp_path / "suite.toml"
     path.write_text(text)
-    return recipes.load(latent.LatentSuiteRecipe, path, list(overrides)), path
+    return suites.load(path, list(overrides)), path
+
+
+def latent_cost(effort, last_weight, half):
+    return build_cost(CostSettings(goal_distance=1.0, effort=effort, last_weight=last_weight), CostContext(half=half))
 
 
 def test_ilqr_matches_the_analytic_lq_solution():
@@ -88,10 +96,10 @@ def test_ilqr_matches_the_analytic_lq_solution():
     A = torch.eye(Z) + 0.1 * torch.randn(Z, Z, generator=g)
     B, o = torch.randn(Z, U, generator=g), 0.1 * torch.randn(Z, generator=g)
     model, z0, goal = LinearModel(A, B, o), torch.randn(Z, generator=g), torch.randn(Z, generator=g)
-    settings = latent.LatentCostSettings(action_weight=0.3, terminal_weight=5.0)
-    cost = latent.LatentGoalCost(goal, torch.ones(U), settings)
-    ilqr = latent.LatentILQR(model, cost, -100 * torch.ones(U), 100 * torch.ones(U),
-                             latent.ILQRSettings(horizon=T, iterations=5, regularization=0.0))
+    effort = 0.3
+    cost = latent_cost(effort, 5.0, torch.ones(U))
+    ilqr = LatentILQR(model, cost, goal, -100 * torch.ones(U), 100 * torch.ones(U),
+                      ILQRSettings(horizon=T, iterations=5, regularization=0.0))
     u, J = ilqr.plan(z0)
     # analytic: z_t = Phi_t z0 + sum_s G_ts u_s + c_t is linear in the stacked u; the cost is least squares
     A64, B64, o64 = A.double(), B.double(), o.double()
@@ -102,8 +110,8 @@ def test_ilqr_matches_the_analytic_lq_solution():
         rows[:, t * U:(t + 1) * U] += B64
         z = A64 @ z + o64
         G.append(rows.clone()), c.append(z.clone())
-    w = cost.weights(T).double()
-    lhs = settings.action_weight * torch.eye(U * T, dtype=torch.float64)
+    w = step_weights(T, 5.0).double()
+    lhs = effort * torch.eye(U * T, dtype=torch.float64)
     rhs = torch.zeros(U * T, dtype=torch.float64)
     for t in range(T):
         lhs += w[t] * G[t].T @ G[t]
@@ -115,15 +123,17 @@ def test_ilqr_matches_the_analytic_lq_solution():
 
 def test_ilqr_respects_the_action_bounds():
     model = LinearModel(torch.eye(2), torch.eye(2), torch.zeros(2))
-    cost = latent.LatentGoalCost(torch.tensor([50.0, -50.0]), torch.ones(2), latent.LatentCostSettings(0.0, 1.0))
-    u, _ = latent.LatentILQR(model, cost, -torch.ones(2), torch.ones(2), latent.ILQRSettings(horizon=4)).plan(torch.zeros(2))
+    cost = latent_cost(0.0, 1.0, torch.ones(2))
+    u, _ = LatentILQR(model, cost, torch.tensor([50.0, -50.0]), -torch.ones(2), torch.ones(2),
+                      ILQRSettings(horizon=4)).plan(torch.zeros(2))
     torch.testing.assert_close(u, torch.tensor([[1.0, -1.0]] * 4))  # as far as the bounds allow, every step
 
 
 @pytest.mark.parametrize("planner", ["cem", "ilqr"])
 def test_planning_with_the_true_dynamics_reaches_the_goals(tmp_path, planner):
     s, _ = suite(tmp_path)
-    summary = latent.run_suite(s, tmp_path / "out", TruePlanar(), [planner, "random"], progress=False, videos=1)
+    summary = mpc.run_suite(s, tmp_path / "out", LatentModel(TruePlanar()), [planner, "random"], progress=False,
+                            videos=1)
     ours, rand = summary[planner], summary["random"]
     assert ours["success"] == 1.0 and ours["mean_final_distance"] < 2.0, ours["per_task"]
     assert ours["percent_in_goal"] > 40 and rand["percent_in_goal"] == 0.0
@@ -135,16 +145,19 @@ def test_planning_with_the_true_dynamics_reaches_the_goals(tmp_path, planner):
 def test_the_oracle_plans_on_the_true_state_without_a_model(tmp_path):
     """The protocol's bound: CEM on the simulator's state reaches the open-field goals, from the same start."""
     s, _ = suite(tmp_path)
-    summary = latent.run_suite(s, tmp_path / "out", None, ["oracle"], progress=False, videos=0)
+    summary = mpc.run_suite(s, tmp_path / "out", None, ["oracle"], progress=False, videos=0)
     assert summary["oracle"]["success"] == 1.0 and summary["oracle"]["percent_in_goal"] > 40, summary["oracle"]
 
 
 def test_goal_region_in_angles_wraps():
-    s = latent.LatentSuiteRecipe(name="p", env="foresight/Pendulum-v0", goal_states=((0.0, 0.0),), region_dims=(0,),
-                                 region_radius=0.5, region_wrap=True)
-    task = latent.LatentTask(0, 0, {}, np.zeros((48, 48, 1), np.uint8), np.zeros(2), np.zeros((1, 2)), np.zeros((1, 2)))
-    assert latent.in_goal(s, task, {"state": np.array([2 * np.pi - 0.1, 3.0])}) == (True, pytest.approx(0.1))
-    assert not latent.in_goal(s, task, {"state": np.array([0.6, 0.0])})[0]
+    s = suites.GoalImageSuite(name="p", env="foresight/Pendulum-v0", goal_states=((0.0, 0.0),), region_dims=(0,),
+                              region_radius=0.5, region_wrap=True)
+    task = suites.Task(0, 0, np.zeros((1, 2)), np.zeros((1, 2)), {}, np.zeros((48, 48, 1), np.uint8), np.zeros(2))
+    points = np.zeros((1, 2))
+    assert suites.region_distance(s, task, {"state": np.array([2 * np.pi - 0.1, 3.0]), "points": points}) == \
+        pytest.approx(0.1)
+    assert suites.judge(s, task, {"state": np.array([2 * np.pi - 0.1, 3.0]), "points": points}) == (0.0, True)
+    assert not suites.judge(s, task, {"state": np.array([0.6, 0.0]), "points": points})[1]
 
 
 @pytest.mark.parametrize("variant", ["e2c", "vae"])
@@ -155,7 +168,7 @@ def test_an_untrained_pendulum_model_plans_from_two_stacked_frames(tmp_path, var
     torch.manual_seed(0)
     model = E2C(E2CConfig(image_shape=(2, 48, 48), latent_dim=3, action_dim=1, model=variant, encoder_widths=(32,),
                           decoder_widths=(32,), transition_widths=(16,)))  # the VAE's iLQR uses autograd Jacobians
-    summary = latent.run_suite(s, tmp_path / "pend", model, ["cem", "ilqr"], progress=False)
+    summary = mpc.run_suite(s, tmp_path / "pend", LatentModel(model), ["cem", "ilqr"], progress=False)
     assert summary["cem"]["tasks"] == 1 and summary["ilqr"]["per_task"][0]["percent_in_goal"] == 0.0
 
 
@@ -184,28 +197,29 @@ def test_foresight_plan_hands_an_e2c_run_to_the_latent_planner(tmp_path, capsys)
 @pytest.mark.parametrize("overrides, message", [
     (["goal_states=[[3.0, 37.0, 1.0]]"], "key 'goal_states': foresight/Planar-v0 has states of 2 numbers"),
     (["region_dims=[2]"], r"key 'region_dims': expected state entries in 0..1"),
-    (["start_high=[7.0]"], "key 'start_high': 1 numbers for 2 in start_low"),
+    (["start_high=[7.0]"], r"key 'start_high': expected as many numbers as start_low \(2\)"),
     (["goal_states=[[20.5, 5.5]]"], "key 'goal_states'.*not a valid state"),
-    (["goal_states=[]"], "key 'goal_states': give goal states, or goal_push_steps > 0"),
-    (["baselines=['mppi']"], "key 'baselines': unknown planner 'mppi'"),
+    (["goal_states=[]"], "key 'goal_states': expected goal states, or goal_push_steps > 0"),
+    (["baselines=['mppi']"], r"key 'baselines': expected planners of cem, ilqr, random, oracle \(unknown planner 'mppi'\)"),
+    (["cost.designated_pixels=1.0"], "key 'cost.designated_pixels': this planner's rollouts cannot feed"),
 ])
 def test_bad_suites_give_one_clear_error(tmp_path, overrides, message):
-    s, path = suite(tmp_path, *overrides)
     with pytest.raises(ForesightError, match=message) as e:
-        latent.run_suite(s, tmp_path / "o", TruePlanar(), ["cem"], source=str(path), progress=False)
+        s, path = suite(tmp_path, *overrides)
+        mpc.run_suite(s, tmp_path / "o", LatentModel(TruePlanar()), ["cem"], source=str(path), progress=False)
     assert "\n" not in str(e.value)
 
 
 def test_bad_models_and_bounds_are_errors(tmp_path):
     s, _ = suite(tmp_path)
     with pytest.raises(ForesightError, match="--model: encodes 48x48 images of 1 channel"):
-        latent.run_suite(s, tmp_path / "o", TruePlanar(image_size=48), ["cem"], progress=False)
+        mpc.run_suite(s, tmp_path / "o", LatentModel(TruePlanar(image_size=48)), ["cem"], progress=False)
     with pytest.raises(ForesightError, match="--model: not a latent model"):
-        latent.run_suite(s, tmp_path / "o", torch.nn.Linear(2, 2), ["cem"], progress=False)
-    with pytest.raises(ForesightError, match="planners cem and ilqr need a trained E2C or VAE run"):
-        latent.run_suite(s, tmp_path / "o", None, ["ilqr"], progress=False)
-    cost = latent.LatentGoalCost(torch.zeros(2), torch.ones(2))
+        LatentModel(torch.nn.Linear(2, 2))
+    with pytest.raises(ForesightError, match=r"--model: planner\(s\) ilqr need a trained model"):
+        mpc.run_suite(s, tmp_path / "o", None, ["ilqr"], progress=False)
+    cost = latent_cost(0.01, 1.0, torch.ones(2))
     with pytest.raises(ForesightError, match="low/high: expected action bounds with low < high"):
-        latent.LatentILQR(TruePlanar(), cost, torch.ones(2), torch.ones(2))
-    with pytest.raises(ForesightError, match="half: expected positive half ranges"):
-        latent.LatentGoalCost(torch.zeros(2), torch.zeros(2))
+        LatentILQR(TruePlanar(), cost, torch.zeros(2), torch.ones(2), torch.ones(2))
+    with pytest.raises(ForesightError, match="cost: iLQR plans with the terms goal_distance and effort only"):
+        LatentILQR(TruePlanar(), Cost({}), torch.zeros(2), -torch.ones(2), torch.ones(2))

@@ -1,14 +1,15 @@
-"""The model-agnostic planning core: the CEM optimizer and the designated-pixel / goal-image costs."""
+"""The model-agnostic planning core: the CEM optimizer and the cost terms."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from foresight import recipes
 from foresight.errors import ForesightError
 from foresight.planning.cem import CEM, CEMConfig, colored_noise, repeat_actions
-from foresight.planning.costs import (DesignatedPixelCost, action_cost, approach_cost, designated_pixel_cost,
-                                     goal_image_cost, step_weights)
+from foresight.planning.costs import (TERMS, Approach, CostContext, CostSettings, DesignatedPixels, Effort,
+                                     GoalDistance, GoalImage, Rollout, build_cost, step_weights)
 
 LOW, HIGH = [-2.0, -1.0], [2.0, 3.0]
 
@@ -201,8 +202,14 @@ def delta(h, w, row, col):
     return d
 
 
+def designated(goals, image_size, last_weight=10.0, weight=1.0):
+    """The designated-pixel term as a function of distributions (N, T, K, H, W) -> (N,)."""
+    term = DesignatedPixels(torch.tensor(goals, dtype=torch.float32), image_size, weight, last_weight)
+    return lambda dists: term(Rollout(actions=torch.zeros(*dists.shape[:2], 2), dists=dists))
+
+
 def test_designated_pixel_cost_is_zero_at_the_goal_and_the_distance_away_from_it():
-    cost = DesignatedPixelCost(goals=[[4.0, 5.0]], image_size=(16, 20), last_weight=10.0)
+    cost = designated([[4.0, 5.0]], (16, 20), last_weight=10.0)
     at_goal = delta(16, 20, 4, 5).expand(1, 3, 1, 16, 20)  # (N=1, T=3, K=1, H, W)
     away = delta(16, 20, 7, 9).expand(1, 3, 1, 16, 20)  # 3 rows, 4 cols away: distance 5
     assert cost(at_goal).item() == pytest.approx(0.0, abs=1e-6)
@@ -211,53 +218,32 @@ def test_designated_pixel_cost_is_zero_at_the_goal_and_the_distance_away_from_it
     moving = torch.stack([delta(16, 20, 4, 5), delta(16, 20, 4, 5), delta(16, 20, 7, 9)]).view(1, 3, 1, 16, 20)
     assert cost(moving).item() == pytest.approx(50.0, rel=1e-5)
     # fractional goals: (row, col) = (0, 0) is the centre of the top-left pixel
-    half = DesignatedPixelCost(goals=[[0.5, 0.0]], image_size=(4, 4), last_weight=1.0)
+    half = designated([[0.5, 0.0]], (4, 4), last_weight=1.0)
     assert half(delta(4, 4, 0, 0).view(1, 1, 1, 4, 4)).item() == pytest.approx(0.5)
+    assert step_weights(5, 10.0).tolist() == [1.0, 1.0, 1.0, 1.0, 10.0]
 
 
-def test_cost_ending_with_the_task_weighs_its_last_step_and_ignores_the_rest():
-    assert step_weights(5, 10.0, end=3).tolist() == [1.0, 1.0, 10.0, 0.0, 0.0]
-    assert step_weights(5, 10.0, end=9).tolist() == step_weights(5, 10.0).tolist() == [1.0, 1.0, 1.0, 1.0, 10.0]
-    cost = DesignatedPixelCost(goals=[[4.0, 5.0]], image_size=(16, 20), last_weight=10.0)
-    # at the goal when the task ends (step 2), then pushed 5 px away: no cost when the task ends there
-    late = torch.stack([delta(16, 20, 7, 9), delta(16, 20, 4, 5), delta(16, 20, 7, 9)]).view(1, 3, 1, 16, 20)
-    assert cost(late, end=2).item() == pytest.approx(5.0, rel=1e-5)
-    assert cost(late).item() == pytest.approx(5.0 + 0.0 + 50.0, rel=1e-5)
-    torch.testing.assert_close(cost(late, end=2), cost(late[:, :2]))
-    with pytest.raises(ForesightError, match="end must be an integer >= 1"):
-        cost(late, end=0)
+def test_designated_pixel_cost_on_the_simulators_pixels_is_their_distance():
+    """The oracle's rollouts hold object pixels, not distributions: the same term gives their distance, as a delta
+    distribution at each pixel would."""
+    goals = [[4.0, 5.0], [10.0, 10.0]]
+    points = torch.tensor([[[[7.0, 9.0], [10.0, 2.0]]] * 2])  # (N=1, T=2, K=2, 2): 5 and 8 px from the goals
+    term = DesignatedPixels(torch.tensor(goals), (16, 20), 1.0, 10.0)
+    assert term(Rollout(actions=torch.zeros(1, 2, 2), points=points)).item() == pytest.approx(13.0 * 11)
+    as_dists = torch.stack([delta(16, 20, 7, 9), delta(16, 20, 10, 2)]).expand(1, 2, 2, 16, 20)
+    assert designated(goals, (16, 20))(as_dists).item() == pytest.approx(13.0 * 11, rel=1e-5)
 
 
-def test_mean_distance_ignores_the_spread_that_the_expected_distance_counts():
-    goal = [[8.0, 10.0]]
-    blur = torch.zeros(1, 1, 1, 16, 20)
-    blur[..., 8, 7] = blur[..., 8, 13] = 0.5  # centred on the goal, 3 px either side
-    expected = DesignatedPixelCost(goal, (16, 20), last_weight=1.0)
-    mean = DesignatedPixelCost(goal, (16, 20), last_weight=1.0, distance="mean")
-    assert expected(blur).item() == pytest.approx(3.0) and mean(blur).item() == pytest.approx(0.0, abs=1e-6)
-    # a sharp distribution: both are its distance; moved toward the goal, both fall
-    for row in (2, 5):
-        sharp = delta(16, 20, row, 10).view(1, 1, 1, 16, 20)
-        assert mean(sharp).item() == pytest.approx(expected(sharp).item()) == pytest.approx(8.0 - row)
-    # unnormalised mass: the centre of mass, not the sum
-    torch.testing.assert_close(mean(blur * 3), mean(blur))
-    with pytest.raises(ForesightError, match=r"distance must be one of \('expected', 'mean'\), got 'mode'"):
-        DesignatedPixelCost(goal, (16, 20), distance="mode")
-
-
-def test_action_cost_is_the_weighted_effort_over_the_counted_steps():
+def test_effort_is_the_weighted_sum_of_squared_actions_over_their_half_range():
     actions = torch.tensor([[[1.0, 0.0], [0.5, -0.5], [0.0, 2.0]], [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
-    torch.testing.assert_close(action_cost(actions, 2.0), torch.tensor([2.0 * (1 + 0.5 + 4), 0.0]))
-    torch.testing.assert_close(action_cost(actions, 2.0, end=2), torch.tensor([2.0 * (1 + 0.5), 0.0]))
-    with pytest.raises(ForesightError, match="action_weight must be a finite number >= 0"):
-        action_cost(actions, -1.0)
-    with pytest.raises(ForesightError, match=r"actions must have shape \(N, T, A\)"):
-        action_cost(actions[0], 1.0)
+    torch.testing.assert_close(Effort([1.0, 1.0], 2.0)(Rollout(actions=actions)), torch.tensor([2.0 * (1 + 0.5 + 4), 0.0]))
+    torch.testing.assert_close(Effort([1.0, 2.0], 1.0)(Rollout(actions=actions)), torch.tensor([1 + 0.25 + 0.0625 + 1, 0.0]))
+    assert np.allclose(Effort([1.0, 2.0], 3.0).hessian(), np.diag([3.0, 0.75]))
 
 
 def test_designated_pixel_cost_is_lower_nearer_the_goal():
     h = w = 32
-    cost = DesignatedPixelCost(goals=[[20.0, 20.0]], image_size=(h, w))
+    cost = designated([[20.0, 20.0]], (h, w))
     rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
                                 indexing="ij")
 
@@ -278,124 +264,81 @@ def test_designated_pixel_cost_weights_several_pixels_and_renormalises():
     p0 = delta(16, 16, 2, 5)  # 3 from goal 0
     p1 = delta(16, 16, 10, 2)  # 8 from goal 1
     dists = torch.stack([p0, p1]).view(1, 1, 2, 16, 16)  # (N, T=1, K=2, H, W)
-    assert designated_pixel_cost(dists, goals).item() == pytest.approx(3.0 * 10 + 8.0 * 10)  # T=1: the last step
-    assert designated_pixel_cost(dists, goals, weights=[2.0, 0.5], last_weight=1.0).item() == pytest.approx(
-        2.0 * 3.0 + 0.5 * 8.0
-    )
+    assert designated(goals, (16, 16))(dists).item() == pytest.approx(3.0 * 10 + 8.0 * 10)  # T=1: the last step
+    assert designated(goals, (16, 16), last_weight=1.0, weight=0.5)(dists).item() == pytest.approx(0.5 * (3 + 8))
     # mass split between two pixels: the expected distance; total mass does not matter
     split = (0.5 * delta(16, 16, 2, 5) + 0.5 * delta(16, 16, 2, 2)).view(1, 1, 1, 16, 16)
-    assert designated_pixel_cost(split, goals[:1], last_weight=1.0).item() == pytest.approx(1.5)
-    assert designated_pixel_cost(2 * split, goals[:1], last_weight=1.0).item() == pytest.approx(1.5)
+    assert designated(goals[:1], (16, 16), last_weight=1.0)(split).item() == pytest.approx(1.5)
+    assert designated(goals[:1], (16, 16), last_weight=1.0)(2 * split).item() == pytest.approx(1.5)
     # a distribution that lost all its mass is not "at the goal": it costs the farthest distance
     lost = torch.zeros(1, 1, 1, 16, 16)
-    assert designated_pixel_cost(lost, goals[:1], last_weight=1.0).item() == pytest.approx(math.hypot(13, 13))
-
-
-def test_designated_pixel_cost_bad_input_names_the_argument():
-    with pytest.raises(ForesightError, match="goals"):
-        DesignatedPixelCost(goals=[1.0, 2.0], image_size=(8, 8))
-    with pytest.raises(ForesightError, match="image_size"):
-        DesignatedPixelCost(goals=[[1.0, 2.0]], image_size=(8,))
-    with pytest.raises(ForesightError, match="weights"):
-        DesignatedPixelCost(goals=[[1.0, 2.0]], image_size=(8, 8), weights=[1.0, 1.0])
-    with pytest.raises(ForesightError, match="last_weight"):
-        DesignatedPixelCost(goals=[[1.0, 2.0]], image_size=(8, 8), last_weight=-1.0)
-    cost = DesignatedPixelCost(goals=[[1.0, 2.0]], image_size=(8, 8))
-    with pytest.raises(ForesightError, match="dists"):
-        cost(torch.zeros(2, 3, 1, 8, 9))
-    with pytest.raises(ForesightError, match="dists"):
-        cost(torch.zeros(2, 1, 8, 8))
+    assert designated(goals[:1], (16, 16), last_weight=1.0)(lost).item() == pytest.approx(math.hypot(13, 13))
 
 
 def test_goal_image_cost():
     goal = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
     frames = torch.stack([goal.expand(4, 3, 8, 8), (goal + 0.1).expand(4, 3, 8, 8)])  # (N=2, T=4, C, H, W)
-    c = goal_image_cost(frames, goal, last_weight=10.0)
+    c = GoalImage(goal, 1.0, last_weight=10.0)(Rollout(actions=torch.zeros(2, 4, 2), frames=frames))
     assert c.shape == (2,)
     assert c[0].item() == pytest.approx(0.0, abs=1e-6)
     per_step = 0.1 * math.sqrt(3 * 8 * 8)  # L2 distance of a uniform 0.1 offset
     assert c[1].item() == pytest.approx(per_step * (3 + 10), rel=1e-4)
-    with pytest.raises(ForesightError, match="goal"):
-        goal_image_cost(frames, goal[:, :4])
-    with pytest.raises(ForesightError, match="goal"):
-        goal_image_cost(frames, (goal * 255).to(torch.uint8))
-    with pytest.raises(ForesightError, match="frames"):
-        goal_image_cost(frames[0], goal)
 
 
-def test_spread_penalty_makes_leaked_mass_cost_more_than_it_gains():
-    """A tenth of the mass leaking to the goal lowers the plain expected distance; with the spread penalty it
-    costs more than the unmoved delta, while a real move of the whole delta still wins."""
-    h = w = 32
-    goal = [[16.0, 26.0]]
-    still = torch.zeros(1, 1, 1, h, w)
-    still[..., 16, 10] = 1.0  # 16 px from the goal
-    leak = 0.9 * still.clone()
-    leak[..., 16, 26] += 0.1
-    moved = torch.zeros(1, 1, 1, h, w)
-    moved[..., 16, 12] = 1.0
-    plain = DesignatedPixelCost(goal, (h, w), last_weight=1.0)
-    spread = DesignatedPixelCost(goal, (h, w), last_weight=1.0, spread_weight=1.0)
-    assert plain(leak) < plain(still)
-    assert spread(leak) > spread(still) > spread(moved)
-    assert spread(moved).item() == pytest.approx(14.0)  # a delta has no spread
-    # the spread is the std: a 50/50 split 4 px apart has std 2
-    split = torch.zeros(1, 1, 1, h, w)
-    split[..., 16, 10] = split[..., 16, 14] = 0.5
-    assert (spread(split) - plain(split)).item() == pytest.approx(2.0, abs=1e-4)
-    with pytest.raises(ForesightError, match="spread_weight"):
-        DesignatedPixelCost(goal, (h, w), spread_weight=-1.0)
-
-
-def test_sharpened_cost_follows_the_objects_blob_not_a_smear_of_leaked_mass():
-    """A fifth of the mass smeared along the path to the goal lowers the plain expected distance by ~2 px; under
-    P^4 the cost stays within 0.05 px of the unmoved blob's, while the whole blob moved 2 px still wins by 2 px."""
-    h = w = 32
-    goal = [[16.0, 26.0]]
-
-    def blob(col):  # a 3x3 blob, as the object's mass looks after a few predicted steps
-        d = torch.zeros(1, 1, 1, h, w)
-        d[..., 15:18, col - 1:col + 2] = 1.0 / 9
-        return d
-
-    still, moved = blob(10), blob(12)
-    leak = 0.8 * still
-    leak[..., 16, 12:28] += 0.2 / 16  # 16 pixels of smear beside the blob, each 1/7 of a blob pixel
-    plain = DesignatedPixelCost(goal, (h, w), last_weight=1.0)
-    sharp = DesignatedPixelCost(goal, (h, w), last_weight=1.0, sharpen=4.0)
-    assert plain(still) - plain(leak) > 1.5
-    assert abs((sharp(leak) - sharp(still)).item()) < 0.05
-    assert (sharp(still) - sharp(moved)).item() == pytest.approx(2.0, abs=0.05)
-    assert sharp(still).item() == pytest.approx(plain(still).item(), abs=1e-4)  # a flat blob is its own P^s
-    tiny = 1e-30 * still  # scaled by the peak before the power: no underflow
-    assert sharp(tiny).item() == pytest.approx(sharp(still).item(), abs=1e-4)
-    with pytest.raises(ForesightError, match="sharpen must be a number >= 1"):
-        DesignatedPixelCost(goal, (h, w), sharpen=0.5)
+def test_goal_distance_weighs_the_last_step():
+    to_goal = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
+    term = GoalDistance(2.0, last_weight=5.0)
+    torch.testing.assert_close(term(Rollout(actions=torch.zeros(2, 3, 1), to_goal=to_goal)),
+                               torch.tensor([2.0 * (1 + 2 + 15), 2.0 * 5]))
+    assert term.stage_weights(3).tolist() == [2.0, 2.0, 10.0]
 
 
 def test_approach_cost_draws_the_agent_round_to_the_objects_far_side():
     """The goal lies between agent and object: a plan ending behind the object (its far side from the goal) costs
     less than keeping still or backing away; on the push point the term is zero; it fades as the object arrives."""
-    goal, obj = torch.tensor([[10.0, 10.0]]), torch.tensor([[10.0, 20.0]])  # object 10 px right of its goal
-    objects = obj.view(1, 1, 1, 2).expand(3, 4, 1, 2)  # the object does not move in any plan
+    goal, obj = np.array([[10.0, 10.0]]), np.array([[10.0, 20.0]])  # object 10 px right of its goal
+    objects = torch.tensor(obj, dtype=torch.float32).view(1, 1, 1, 2).expand(3, 4, 1, 2)  # no plan moves it
     start = torch.tensor([5.0, 10.0])
     behind = torch.tensor([10.0, 29.0])  # 9 px past the object, away from the goal: the push point
     still = start.expand(4, 2)
     back = start + torch.linspace(1, 4, 4)[:, None] * torch.tensor([0.0, -2.0])
     around = torch.stack([torch.tensor([2.0, 18.0]), torch.tensor([2.0, 26.0]), torch.tensor([6.0, 30.0]), behind])
     agent = torch.stack([still, back, around])  # (3 plans, 4 steps, 2)
-    c = approach_cost(agent, objects, goal, obj, offset=9.0, weight=0.5, last_weight=1.0)
+
+    def cost(agent, objects, now, weight=1.0, last_weight=10.0):
+        rollout = Rollout(actions=torch.zeros(*agent.shape), points=objects, now=now, agent_path=lambda a: agent)
+        return Approach(goal, 9.0, weight, last_weight)(rollout)
+
+    c = cost(agent, objects, obj, weight=0.5, last_weight=1.0)
     assert c[2] < c[0] < c[1], c
-    at_push = approach_cost(behind.view(1, 1, 2), obj.view(1, 1, 1, 2), goal, obj, offset=9.0, weight=1.0)
+    at_push = cost(behind.view(1, 1, 2), objects[:1, :1], obj)
     assert at_push.item() == pytest.approx(0.0, abs=1e-5)
     # the object at 3 px from its goal: the term is a third of its size at >= 9 px
-    near = torch.tensor([[10.0, 13.0]])
-    far_term = approach_cost(start.view(1, 1, 2), near.view(1, 1, 1, 2), goal, obj, offset=9.0, weight=1.0)
-    near_term = approach_cost(start.view(1, 1, 2), near.view(1, 1, 1, 2), goal, near, offset=9.0, weight=1.0)
+    near = np.array([[10.0, 13.0]])
+    near_objects = torch.tensor(near, dtype=torch.float32).view(1, 1, 1, 2)
+    far_term = cost(start.view(1, 1, 2), near_objects, obj)
+    near_term = cost(start.view(1, 1, 2), near_objects, near)
     assert near_term.item() == pytest.approx(far_term.item() / 3, rel=1e-5)
-    with pytest.raises(ForesightError, match=r"agent must have shape \(N, T, 2\)"):
-        approach_cost(agent[0], objects, goal, obj, 9.0, 1.0)
-    with pytest.raises(ForesightError, match=r"objects must have shape \(3, 4, K, 2\)"):
-        approach_cost(agent, objects[:2], goal, obj, 9.0, 1.0)
-    with pytest.raises(ForesightError, match=r"offset must be a number of pixels > 0"):
-        approach_cost(agent, objects, goal, obj, 0.0, 1.0)
+
+
+def test_the_cost_is_the_sum_of_the_suites_weighted_terms():
+    """build_cost takes the terms with a weight > 0, in TERMS order; every term is a field of the [cost] table; a
+    term the planner's rollouts cannot feed, or no term at all, is one clear error naming the key."""
+    assert set(TERMS) <= {f for f in CostSettings.__dataclass_fields__}
+    context = CostContext(goals=np.array([[4.0, 5.0]]), image_size=(16, 20), camera_size=(16, 20), half=np.ones(2))
+    settings = recipes.from_dict(CostSettings, {"designated_pixels": 2.0, "effort": 0.5}, "s.toml")
+    cost = build_cost(settings, context)
+    assert list(cost.terms) == ["designated_pixels", "effort"]
+    dists = delta(16, 20, 7, 9).expand(2, 3, 1, 16, 20)
+    r = Rollout(actions=torch.ones(2, 3, 2), dists=dists)
+    parts = cost.parts(r)
+    torch.testing.assert_close(cost(r), parts["designated_pixels"] + parts["effort"])
+    torch.testing.assert_close(parts["designated_pixels"], torch.full((2,), 2.0 * 5.0 * (1 + 1 + 10)))
+    torch.testing.assert_close(parts["effort"], torch.full((2,), 0.5 * 6))
+    with pytest.raises(ForesightError, match=r"s.toml: key 'cost.approach': this planner's rollouts cannot feed"):
+        build_cost(recipes.from_dict(CostSettings, {"approach": 1.0}, "s"), context, ("designated_pixels",), "s.toml")
+    with pytest.raises(ForesightError, match=r"s.toml: key 'cost': no term has a weight > 0"):
+        build_cost(CostSettings(), context, where="s.toml")
+    for key, value in (("effort", -1.0), ("approach_px", 0.0), ("last_weight", math.inf)):
+        with pytest.raises(ForesightError, match=f"s.toml: key '{key}': expected"):
+            recipes.from_dict(CostSettings, {key: value}, "s.toml")

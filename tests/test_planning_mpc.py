@@ -1,4 +1,5 @@
 """The MPC loop: the oracle solves tiny tasks, the model planner runs end to end, bad input is named."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,9 +12,10 @@ import torch
 import foresight  # noqa: F401
 from foresight import pixels, recipes
 from foresight.errors import ForesightError
-from foresight.models.e2c import E2C, planar
+from foresight.models.e2c import E2C, PRESETS, E2CConfig
 from foresight.models.video import VideoPredictionConfig, VideoPredictionModel
-from foresight.planning import mpc
+from foresight.planning import mpc, planners, suites
+from foresight.planning.video import VideoPredictor
 
 TINY = {"name": "tiny", "env": "foresight/PointPush-v0", "tasks": 3, "steps": 24, "seed": 1,
         "reset_options": {"pusher_near": 0.02}, "goal_min_px": 6.0, "goal_max_px": 8.0,
@@ -28,12 +30,12 @@ def env():
 
 
 def suite(**changes):
-    return recipes.from_dict(mpc.SuiteRecipe, {**TINY, **changes}, "test")
+    return recipes.from_dict(suites.DesignatedPixelSuite, {**TINY, **changes}, "test")
 
 
 def test_tasks_are_seeded_and_goals_lie_in_range(env):
     s = suite(tasks=5, goal_min_px=8.0, goal_max_px=20.0, reset_options={})
-    a, b = mpc.make_tasks(s, env), mpc.make_tasks(s, env)
+    a, b = suites.make_tasks(s, env), suites.make_tasks(s, env)
     for t, u in zip(a, b):
         assert t.seed == u.seed and np.array_equal(t.goals, u.goals)
         d = np.linalg.norm(t.goals - t.designated, axis=-1)
@@ -43,7 +45,7 @@ def test_tasks_are_seeded_and_goals_lie_in_range(env):
 
 def test_oracle_solves_tiny_tasks_and_beats_random(env):
     s = suite()
-    tasks = mpc.make_tasks(s, env)
+    tasks = suites.make_tasks(s, env)
     oracle = [mpc.run_task(env, t, s, "oracle", record=False) for t in tasks]
     random = [mpc.run_task(env, t, s, "random", record=False) for t in tasks]
     assert sum(o.success for o in oracle) >= 2, [o.final_distance for o in oracle]
@@ -53,26 +55,15 @@ def test_oracle_solves_tiny_tasks_and_beats_random(env):
     assert mpc.aggregate(oracle)["final_over_start"] < 0.5 * mpc.aggregate(random)["final_over_start"]
 
 
-@pytest.mark.parametrize("until_end", [False, True])
-def test_the_cost_ends_with_the_task_when_asked(env, monkeypatch, until_end):
-    """mpc.until_end: each replan's cost is told how many steps the task has left (None without it)."""
-    ends, score = [], mpc.oracle_score
-    monkeypatch.setattr(mpc, "oracle_score", lambda *a: ends.append(a[4] if len(a) > 4 else None) or score(*a))
-    s = suite(tasks=1, steps=12, mpc={"replan_every": 3, "until_end": until_end})  # plans of 9 steps
-    task = mpc.make_tasks(s, env)[0]
-    mpc.run_task(env, task, s, "oracle", record=False)
-    assert ends == ([12, 9, 6, 3] if until_end else [None] * 4)
-
-
 def test_with_an_effort_weight_the_planner_keeps_still_once_the_object_is_at_its_goal(env):
-    """mpc.action_weight: every plan leaves the block where it is (its goal), so without the effort term CEM's
+    """cost.effort: every plan leaves the block where it is (its goal), so without the effort term CEM's
     choice among them is arbitrary and the pusher wanders; with it the pusher keeps (almost) still."""
     s = suite(tasks=1, steps=6, reset_options={"pusher_near": 0.06})
-    task = mpc.make_tasks(s, env)[0]
-    task = mpc.Task(task.index, task.seed, task.designated, task.designated.copy())  # the goal: where it is
+    task = suites.make_tasks(s, env)[0]
+    task = dataclasses.replace(task, goals=task.designated.copy())  # the goal: where it is
     moved = {}
     for weight in (0.0, 1.0):
-        ws = suite(tasks=1, steps=6, reset_options={"pusher_near": 0.06}, mpc={"action_weight": weight})
+        ws = suite(tasks=1, steps=6, reset_options={"pusher_near": 0.06}, cost={"effort": weight})
         o = mpc.run_task(env, task, ws, "oracle", record=False, keep_episode=True)
         moved[weight] = float(np.linalg.norm(o.episode["actions"], axis=-1).mean())
         assert o.success
@@ -83,9 +74,9 @@ def test_model_planner_runs_end_to_end_and_writes_results(env, tmp_path):
     torch.manual_seed(0)
     cfg = VideoPredictionConfig.small("sna", image_size=(64, 64), channels=3, action_dim=2,
                                       widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=3)
-    predictor = mpc.VideoPredictor(VideoPredictionModel(cfg))
+    predictor = VideoPredictor(VideoPredictionModel(cfg))
     s = suite(tasks=1, steps=6, cem={"samples": 8, "elites": 2, "iterations": 1, "horizon": 2, "repeat": 3},
-              mpc={"approach_weight": 0.3})  # and the approach term on the model's predictions
+              cost={"approach": 0.3})  # and the approach term on the model's predictions
     summary = mpc.run_suite(s, tmp_path, predictor, ["model", "random"], progress=False)
     assert summary["model"]["tasks"] == 1 and 0 <= summary["model"]["success"] <= 1
     assert summary["model"]["model_seconds_per_replan"] > 0
@@ -103,19 +94,25 @@ def test_model_planner_runs_end_to_end_and_writes_results(env, tmp_path):
 def test_bad_input_is_named(env, tmp_path):
     with pytest.raises(ForesightError, match=r"--goal: pixel \(70, 3\) lies outside the 64x64 image"):
         pixels.check_in_image("--goal", [[70, 3]], 64, 64)
-    e2c = E2C(planar())
+    e2c = E2C(E2CConfig(**PRESETS["planar"]))
     with pytest.raises(ForesightError, match="predicts no pixel distributions"):
-        mpc.VideoPredictor(e2c)
+        VideoPredictor(e2c)
     with pytest.raises(ForesightError, match="'env'.*unknown environment"):
         mpc.run_suite(suite(env="foresight/Nowhere-v0"), tmp_path, None, ["random"], "s.toml", progress=False)
     with pytest.raises(ForesightError, match="'designated'"):
-        mpc.make_tasks(suite(designated=2), env, "s.toml")
-    arm = suite(env="foresight/ArmPush-v0", goal="env", mpc={"approach_weight": 0.3})
-    with pytest.raises(ForesightError, match=r"s.toml: key 'mpc.approach_weight': environment "
+        suites.make_tasks(suite(designated=2), env, "s.toml")
+    arm = suite(env="foresight/ArmPush-v0", goal="env", cost={"approach": 0.3})
+    with pytest.raises(ForesightError, match=r"s.toml: key 'cost.approach': environment "
                                              r"'foresight/ArmPush-v0' offers no agent_path"):
         mpc.run_suite(arm, tmp_path, None, ["oracle"], "s.toml", progress=False)
     with pytest.raises(ForesightError, match=r"s.toml: key 'cem.elites': expected at most samples"):
-        recipes.from_dict(mpc.SuiteRecipe, {**TINY, "cem": {"samples": 4, "elites": 9}}, "s.toml")
+        recipes.from_dict(suites.DesignatedPixelSuite, {**TINY, "cem": {"samples": 4, "elites": 9}}, "s.toml")
+    with pytest.raises(ForesightError, match=r"s.toml: key 'goal_min_px': expected at most goal_max_px"):
+        recipes.from_dict(suites.DesignatedPixelSuite, {**TINY, "goal_min_px": 9.0}, "s.toml")
+    with pytest.raises(ForesightError, match=r"--planners: unknown planner 'cem' \(expected: model, oracle, random\)"):
+        mpc.run_suite(suite(), tmp_path, None, ["cem"], "s.toml", progress=False)
+    with pytest.raises(ForesightError, match=r"--model: planner\(s\) model need a trained model"):
+        mpc.run_suite(suite(), tmp_path, None, ["model"], "s.toml", progress=False)
     run = subprocess.run([sys.executable, "-m", "foresight", "plan", "--env", "foresight/PointPush-v0",
                           "--designated", "20,31", "--goal", "44,99", "--planners", "random"],
                          capture_output=True, text=True)
@@ -128,12 +125,12 @@ def test_a_smaller_planning_image_scales_pixels_and_keeps_mass(env, tmp_path):
     torch.manual_seed(0)
     cfg = VideoPredictionConfig.small("cdna", skip=True, image_size=(32, 32), channels=3, action_dim=2,
                                       widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=5)
-    predictor = mpc.VideoPredictor(VideoPredictionModel(cfg))
+    predictor = VideoPredictor(VideoPredictionModel(cfg))
     obs, _ = env.reset(seed=0)
     ctx = predictor.frames([obs, obs])
     assert ctx.shape == (2, 3, 32, 32) and torch.allclose(ctx[0].mean(), torch.as_tensor(obs / 255.0).mean().float(), atol=1e-3)
     s = suite(tasks=1, steps=6, cem={"samples": 8, "elites": 2, "iterations": 1, "horizon": 2, "repeat": 3})
-    o = mpc.run_task(env, mpc.make_tasks(s, env)[0], s, "model", predictor)
+    o = mpc.run_task(env, suites.make_tasks(s, env)[0], s, "model", predictor)
     assert len(o.video) == 6 and 3 * 64 * 4 <= o.video[0].shape[1] < 3 * 64 * 4 + 20  # 3 panels at the camera's size
     _, dists = predictor(ctx, torch.zeros(1, 2), torch.rand(3, 4, 2) * 2 - 1,
                          pixels.delta_distribution(torch.tensor([[[10.2, 20.7]]]), 32, 32)[0])
@@ -151,7 +148,7 @@ def test_the_model_time_scale_must_match_the_suite(env):
     cfg = VideoPredictionConfig.small("sna", image_size=(64, 64), channels=3, action_dim=2,
                                       widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=3)
     trained = {"id": "foresight/PointPush-v0", "kwargs": {"image_size": 64, "action_repeat": 3}}
-    predictor = mpc.VideoPredictor(VideoPredictionModel(cfg), trained_env=trained)
+    predictor = VideoPredictor(VideoPredictionModel(cfg), trained_env=trained)
     predictor.check_env("foresight/PointPush-v0", {"action_repeat": 3}, env, "s.toml")
     with pytest.raises(ForesightError, match=r"s.toml: key 'env_kwargs.action_repeat': the model was trained "
                                              r"with action_repeat = 3, the suite runs 1"):
@@ -195,14 +192,14 @@ def test_tracked_designated_pixels_restart_on_the_object(env, track):
     model = VideoPredictionModel(cfg)
     seen = []
 
-    class Recorder(mpc.VideoPredictor):
+    class Recorder(VideoPredictor):
         def __call__(self, frames, past, actions, dists, amp="off"):
             seen.append(dists.clone())
             return super().__call__(frames, past, actions, dists, amp)
 
     s = suite(tasks=1, steps=4, mpc={"replan_every": 1, "track": track},
               cem={"samples": 8, "elites": 2, "iterations": 1, "horizon": 2, "repeat": 1})
-    task = mpc.make_tasks(s, env)[0]
+    task = suites.make_tasks(s, env)[0]
     mpc.run_task(env, task, s, "model", Recorder(model), record=False)
     # the last replan's start distribution is a delta (4 bilinear taps), not a model-spread distribution
     assert (seen[-1][0] > 0).sum() <= 4 and torch.allclose(seen[-1].sum(), torch.tensor(1.0))
@@ -211,22 +208,61 @@ def test_tracked_designated_pixels_restart_on_the_object(env, track):
 
 
 def test_with_an_approach_weight_the_planner_heads_round_the_object(env):
-    """mpc.approach_weight: the goal lies between the pusher and the block, so in a short look ahead no plan moves
+    """cost.approach: the goal lies between the pusher and the block, so in a short look ahead no plan moves
     the block closer and the designated-pixel cost cannot choose; the approach term sends the pusher round to the
     block's far side."""
     from foresight.envs import point_push
 
     s = suite(tasks=1, steps=4, reset_options={"pusher_near": 0.03})
-    task = mpc.make_tasks(s, env)[0]
+    task = suites.make_tasks(s, env)[0]
     _, info = env.reset(seed=task.seed, options=s.reset_options)
     block, pusher = info["points"][0].astype(np.float64), point_push.pusher_pixels(info["state"], 64, 64)[0]
     toward = (pusher - block) / np.linalg.norm(pusher - block)
-    task = mpc.Task(task.index, task.seed, task.designated, (block + 10 * toward)[None])  # goal on the pusher's side
+    task = dataclasses.replace(task, goals=(block + 10 * toward)[None])  # goal on the pusher's side
     push_point = block - 9 * toward
     gap = {}
     for weight in (0.0, 1.0):
-        ws = suite(tasks=1, steps=4, reset_options={"pusher_near": 0.03}, mpc={"approach_weight": weight})
+        ws = suite(tasks=1, steps=4, reset_options={"pusher_near": 0.03}, cost={"approach": weight})
         o = mpc.run_task(env, task, ws, "oracle", record=False, keep_episode=True)
         gap[weight] = float(np.linalg.norm(point_push.pusher_pixels(o.episode["states"][-1], 64, 64)[0] - push_point))
     start = float(np.linalg.norm(pusher - push_point))  # ~21 px; 4 control steps move the pusher <= ~10
     assert gap[1.0] < start - 3 and gap[1.0] < 0.7 * gap[0.0], (start, gap)
+
+
+def test_the_benchmarks_cost_is_the_planners_for_every_term(env, monkeypatch):
+    """benchmarks/plan_model_errors.py scores plans with the model and oracle planners' own cost: on the decisions
+    the planner scored at its first replan, every term the suite switches on gives the same costs."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "plan_model_errors.py"
+    spec = importlib.util.spec_from_file_location("plan_model_errors", path)
+    errors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(errors)
+    torch.manual_seed(0)
+    cfg = VideoPredictionConfig.small("cdna", skip=True, image_size=(32, 32), channels=3, action_dim=2,
+                                      widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=5)
+    predictor = VideoPredictor(VideoPredictionModel(cfg))
+    s = suite(tasks=1, steps=1, cem={"samples": 6, "elites": 2, "iterations": 1, "horizon": 3, "repeat": 1},
+              cost={"designated_pixels": 1.0, "approach": 0.3, "effort": 0.2})
+    task = suites.make_tasks(s, env)[0]
+    seen = {}
+    score = planners.CEMPlanner.score
+
+    def spy(self, decisions):  # the first replan's decisions and the planner's cost of each term
+        costs = score(self, decisions)
+        seen.setdefault(type(self.rollouts).__name__, (decisions.clone(), costs,
+                                                       self.cost.parts(self.rollouts(self.cem.expand(decisions)))))
+        return costs
+
+    monkeypatch.setattr(planners.CEMPlanner, "score", spy)
+    for name in ("model", "oracle"):
+        mpc.run_task(env, task, s, name, predictor, record=False)
+    model, oracle = errors.first_replan(s, env, task, predictor)
+    for planner in (model, oracle):
+        decisions, costs, parts = seen[type(planner.rollouts).__name__]
+        assert set(parts) == {"designated_pixels", "approach", "effort"}
+        torch.testing.assert_close(score(planner, decisions), costs, rtol=0, atol=0)
+        mine = planner.cost.parts(planner.rollouts(planner.cem.expand(decisions)))
+        for term in parts:
+            torch.testing.assert_close(mine[term], parts[term], rtol=0, atol=0)

@@ -1,20 +1,36 @@
 """Tests for foresight.models.video: CDNA / DNA / SNA and designated-pixel propagation."""
 import dataclasses
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from foresight import recipes
 from foresight.errors import ForesightError
+from foresight.learners import TrainSettings
+from foresight.learners.video import VideoLearner
 from foresight.models.video import (
     VideoPrediction,
     VideoPredictionConfig,
     VideoPredictionModel,
     cdna_transform,
     dna_transform,
-    flops_per_frame,
     scheduled_sampling_prob,
 )
+
+
+def _flops_per_frame():
+    """benchmarks/video.py's FLOP count of one predicted frame (the benchmark's figure, tested here)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "video.py"
+    spec = importlib.util.spec_from_file_location("benchmark_video", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.flops_per_frame
+
+
+flops_per_frame = _flops_per_frame()
 
 VARIANTS = ["cdna", "dna", "sna"]
 TINY = dict(widths=(4, 4, 8, 8, 8, 8, 4), lstm_kernel=3, num_kernels=3, transform_kernel=3)
@@ -304,30 +320,62 @@ def test_missing_states_raise_foresight_error():
         model(torch.rand(2, 2, 3, 16, 16), torch.randn(2, 4, 2), torch.randn(2, 2, 2))
 
 
-@pytest.mark.parametrize("field, value", [
-    ("image_size", (60, 64)), ("image_size", (64,)), ("channels", 0), ("action_dim", 1.5),
-    ("state_dim", -1), ("widths", (8, 8, 8)), ("widths", (8, 8, 8, 8, 8, 8, 0)), ("lstm_kernel", 4),
-    ("transform", "stp"), ("num_kernels", 0), ("transform_kernel", 0), ("skip", "yes"),
-    ("kernel_norm", "sigmoid"), ("forget_bias", float("nan")),
+@pytest.mark.parametrize("field, value, expected", [
+    ("image_size", (60, 64), "divisible by 8"), ("image_size", (64,), "a list of 2"),
+    ("channels", 0, ">= 1"), ("action_dim", 1.5, "an integer"), ("state_dim", -1, ">= 0"),
+    ("widths", (8, 8, 8), "a list of 7"), ("widths", (8, 8, 8, 8, 8, 8, 0), ">= 1"), ("lstm_kernel", 4, "odd"),
+    ("transform", "stp", "one of"), ("num_kernels", 0, ">= 1"), ("transform_kernel", 0, ">= 1"),
+    ("transform_kernel", 4, "odd"), ("skip", "yes", "true or false"), ("kernel_norm", "sigmoid", "one of"),
+    ("forget_bias", float("nan"), "a finite number"),
 ])
-def test_bad_config_names_the_field(field, value):
+def test_bad_config_names_the_field(field, value, expected):
+    """A config is checked where it is read (recipes.from_dict), and the mistake names its key."""
     good = dict(image_size=(64, 64), channels=3, action_dim=2)
-    with pytest.raises(ForesightError, match=f"VideoPredictionConfig.{field}"):
-        VideoPredictionConfig(**{**good, field: value})
+    with pytest.raises(ForesightError, match=rf"cfg.toml: key 'model.{field}(\[\d\])?': expected .*{expected}"):
+        recipes.from_dict(VideoPredictionConfig, {**good, field: value}, "cfg.toml", prefix="model.")
+    assert recipes.from_dict(VideoPredictionConfig, good, "cfg.toml", prefix="model.") == VideoPredictionConfig(**good)
 
 
 def test_presets_and_config_round_trip():
-    paper = VideoPredictionConfig.paper("sna", image_size=[64, 64], channels=3, action_dim=2)
+    paper = VideoPredictionConfig.paper("sna", image_size=(64, 64), channels=3, action_dim=2)
     assert paper.widths == (32, 32, 64, 64, 128, 64, 32) and paper.lstm_kernel == 5
     assert paper.transform == "dna" and paper.skip and paper.variant == "sna"
-    assert paper.image_size == (64, 64)  # lists (TOML, JSON) become tuples
+    read = recipes.from_dict(VideoPredictionConfig, {**dataclasses.asdict(paper), "image_size": [64, 64],
+                                                     "widths": list(paper.widths)})
+    assert read.image_size == (64, 64) and read == paper  # lists (TOML, JSON) become tuples
     assert VideoPredictionConfig(**dataclasses.asdict(paper)) == paper
     cdna = VideoPredictionConfig.paper(image_size=(64, 64), channels=3, action_dim=2)
     assert cdna.variant == "cdna" and cdna.num_kernels == 10 and cdna.transform_kernel == 5
     small = VideoPredictionConfig.small("dna", image_size=(64, 64), channels=3, action_dim=2)
     assert flops_per_frame(small) < flops_per_frame(paper) / 5
-    with pytest.raises(ForesightError, match="variant"):
-        VideoPredictionConfig.paper("stp", image_size=(64, 64), channels=3, action_dim=2)
+
+
+SHAPES = {"frames": [13, 64, 64, 3], "actions": [12, 2], "states": [13, 4], "points": [13, 1, 2]}
+
+
+def test_the_learner_builds_the_config_from_preset_variant_and_data():
+    """model.preset and model.variant are plain defaults under the recipe's keys; the data sets the sizes."""
+    learner = VideoLearner.from_recipe({"preset": "paper", "variant": "sna", "use_states": True, "num_kernels": 4},
+                                       TrainSettings(), SHAPES, "r.toml")
+    assert learner.config == VideoPredictionConfig.paper("sna", image_size=(64, 64), channels=3, action_dim=2,
+                                                         state_dim=4, num_kernels=4)
+    assert not learner.resize and learner.window == 12
+    small = VideoLearner.from_recipe({"image_size": [32, 32]}, TrainSettings(), SHAPES, "r.toml")
+    assert small.config == VideoPredictionConfig.small("sna", image_size=(32, 32), channels=3, action_dim=2)
+    assert small.resize
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"variant": "stp"}, r"key 'model.variant': expected one of \['cdna', 'dna', 'sna'\], got 'stp'"),
+    ({"preset": "huge"}, r"key 'model.preset': expected one of \['paper', 'small'\]"),
+    ({"use_states": 1}, r"key 'model.use_states': expected true or false"),
+    ({"channels": 1}, r"unknown key 'model.channels'"),  # the data sets it
+    ({"widths": [8, 8]}, r"key 'model.widths': expected a list of 7"),
+    ({"lstm_kernel": 2}, r"key 'model.lstm_kernel': expected an odd kernel size, got 2"),
+])
+def test_bad_model_tables_name_the_key(table, message):
+    with pytest.raises(ForesightError, match=f"r.toml: {message}"):
+        VideoLearner.from_recipe(table, TrainSettings(), SHAPES, "r.toml")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

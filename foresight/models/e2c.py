@@ -35,7 +35,6 @@ Images are float (B, C, H, W) in [0, 1]; for the pendulum C = 2 stacked grey fra
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from foresight.errors import ForesightError
+from foresight.recipes import spec
 
 MODELS = ("e2c", "vae")
 ENCODERS = ("mlp", "conv")
@@ -58,117 +58,53 @@ LOGVAR_RANGE = (-12.0, 8.0)  # keeps exp(logvar) and 1/var finite; far outside w
 
 @dataclass(frozen=True)
 class E2CConfig:
-    """Architecture and loss weights of an E2C model (or its VAE baseline). Lists are accepted for tuples."""
+    """Architecture and loss weights of an E2C model (or its VAE baseline). Checked where it is read
+    (``foresight.recipes.from_dict``, which also turns lists into tuples); a config built in Python is taken
+    as it is."""
 
-    image_shape: tuple[int, int, int]  # (C, H, W) of the model's input image
-    latent_dim: int  # Z
-    action_dim: int  # U
-    model: str = "e2c"  # "e2c": locally linear transition | "vae": free-form MLP transition (baseline)
-    encoder: str = "mlp"  # "mlp": fully connected on the flattened image | "conv": strided convolutions
-    encoder_widths: tuple[int, ...] = (150, 150, 150)  # hidden layers (after the convolutions for "conv")
-    decoder_widths: tuple[int, ...] = (200, 200)  # hidden layers (before the deconvolutions for "conv")
-    transition_widths: tuple[int, ...] = (100, 100)  # hidden layers of h_psi^trans
-    conv_channels: tuple[int, ...] = (32, 64, 128, 256)  # "conv" only: each layer halves H and W
-    likelihood: str = "bernoulli"  # "bernoulli" (decoder gives logits) | "gaussian" (fixed pixel_std)
-    pixel_std: float = 0.1  # "gaussian" only: the std of each pixel's likelihood
-    beta: float = 1.0  # weight of KL(Q_phi(z_t | x_t) || N(0, I))
-    lam: float = 0.25  # lambda, weight of KL(Q_psi(z^_{t+1}) || Q_phi(z_{t+1} | x_{t+1}))
+    image_shape: tuple[int, int, int] = spec(min=1, help="(C, H, W) of the model's input image")
+    latent_dim: int = spec(min=1, help="Z")
+    action_dim: int = spec(min=1, help="U")
+    model: str = spec("e2c", choices=MODELS, help="'e2c': locally linear transition | 'vae': free-form MLP "
+                                                 "transition (baseline)")
+    encoder: str = spec("mlp", choices=ENCODERS, help="'mlp': fully connected on the flattened image | 'conv': "
+                                                      "strided convolutions")
+    encoder_widths: tuple[int, ...] = spec((150, 150, 150), min=1, help="hidden layers (after the convolutions "
+                                                                      "for 'conv')")
+    decoder_widths: tuple[int, ...] = spec((200, 200), min=1, help="hidden layers (before the deconvolutions "
+                                                                  "for 'conv')")
+    transition_widths: tuple[int, ...] = spec((100, 100), min=1, help="hidden layers of h_psi^trans")
+    conv_channels: tuple[int, ...] = spec((32, 64, 128, 256), min=1, help="'conv' only: each layer halves H and W")
+    likelihood: str = spec("bernoulli", choices=LIKELIHOODS, help="'bernoulli' (decoder gives logits) | "
+                                                                  "'gaussian' (fixed pixel_std)")
+    pixel_std: float = spec(0.1, above=0.0, help="'gaussian' only: the std of each pixel's likelihood")
+    beta: float = spec(1.0, min=0.0, help="weight of KL(Q_phi(z_t | x_t) || N(0, I))")
+    lam: float = spec(0.25, min=0.0, help="lambda, weight of KL(Q_psi(z^_{t+1}) || Q_phi(z_{t+1} | x_{t+1}))")
 
-    def __post_init__(self):
-        _int_tuple(self, "image_shape", minimum=1, length=3)
-        _positive_int(self, "latent_dim")
-        _positive_int(self, "action_dim")
-        _choice(self, "model", MODELS)
-        _choice(self, "encoder", ENCODERS)
-        _int_tuple(self, "encoder_widths", minimum=1)
-        _int_tuple(self, "decoder_widths", minimum=1)
-        _int_tuple(self, "transition_widths", minimum=1)
-        _int_tuple(self, "conv_channels", minimum=1)
-        _choice(self, "likelihood", LIKELIHOODS)
-        _number(self, "pixel_std", strictly_positive=True)
-        _number(self, "beta", strictly_positive=False)
-        _number(self, "lam", strictly_positive=False)
+    def checks(self):
         if self.encoder == "conv":
             if not self.conv_channels:
-                raise ForesightError("E2CConfig.conv_channels must name at least one layer for encoder='conv'")
+                yield "conv_channels", "at least one layer for encoder='conv'"
+                return
             factor = 2 ** len(self.conv_channels)
             _, h, w = self.image_shape
             if h % factor or w % factor:
-                raise ForesightError(
-                    f"E2CConfig.image_shape {self.image_shape}: H and W must be multiples of {factor} for "
-                    f"{len(self.conv_channels)} stride-2 conv layers (conv_channels={self.conv_channels})"
-                )
+                yield "image_shape", (f"H and W multiples of {factor} for {len(self.conv_channels)} stride-2 conv "
+                                      f"layers (conv_channels={self.conv_channels})")
 
 
-def _positive_int(cfg, name):
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ForesightError(f"E2CConfig.{name} must be an integer >= 1, got {value!r}")
-
-
-def _int_tuple(cfg, name, minimum, length=None):
-    value = getattr(cfg, name)
-    ok = isinstance(value, (tuple, list)) and all(
-        isinstance(x, int) and not isinstance(x, bool) and x >= minimum for x in value
-    )
-    if not ok or (length is not None and len(value) != length):
-        what = f"{length} integers" if length is not None else "a list of integers"
-        raise ForesightError(f"E2CConfig.{name} must be {what} >= {minimum}, got {value!r}")
-    object.__setattr__(cfg, name, tuple(value))  # TOML gives lists; keep the config hashable
-
-
-def _choice(cfg, name, choices):
-    value = getattr(cfg, name)
-    if value not in choices:
-        raise ForesightError(f"E2CConfig.{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
-def _number(cfg, name, strictly_positive):
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ForesightError(f"E2CConfig.{name} must be a finite number, got {value!r}")
-    if value < 0 or (strictly_positive and value == 0):
-        raise ForesightError(f"E2CConfig.{name} must be {'> 0' if strictly_positive else '>= 0'}, got {value!r}")
-    object.__setattr__(cfg, name, float(value))
-
-
-def _preset(defaults: dict, overrides: dict) -> E2CConfig:
-    names = {f.name for f in dataclasses.fields(E2CConfig)}
-    for key in overrides:
-        if key not in names:
-            raise ForesightError(f"unknown E2CConfig field {key!r}; expected one of {', '.join(sorted(names))}")
-    return E2CConfig(**{**defaults, **overrides})
-
-
-def planar(action_dim: int = 2, **overrides) -> E2CConfig:
-    """The paper's planar system: 40x40 grey image, z=2, encoder 150-150-150, decoder 200-200, transition 100-100."""
-    return _preset(
-        dict(image_shape=(1, 40, 40), latent_dim=2, action_dim=action_dim, encoder="mlp",
-             encoder_widths=(150, 150, 150), decoder_widths=(200, 200), transition_widths=(100, 100)),
-        overrides,
-    )
-
-
-def pendulum(action_dim: int = 1, **overrides) -> E2CConfig:
-    """The paper's pendulum swing-up: two stacked 48x48 grey frames, z=3, encoder/decoder 800-800, transition 100-100."""
-    return _preset(
-        dict(image_shape=(2, 48, 48), latent_dim=3, action_dim=action_dim, encoder="mlp",
-             encoder_widths=(800, 800), decoder_widths=(800, 800), transition_widths=(100, 100)),
-        overrides,
-    )
-
-
-def point_push(action_dim: int = 2, latent_dim: int = 8, **overrides) -> E2CConfig:
-    """64x64 colour PointPush: four stride-2 convolutions (32-64-128-256) and a 256-unit layer each way."""
-    return _preset(
-        dict(image_shape=(3, 64, 64), latent_dim=latent_dim, action_dim=action_dim, encoder="conv",
-             conv_channels=(32, 64, 128, 256), encoder_widths=(256,), decoder_widths=(256,),
-             transition_widths=(100, 100)),
-        overrides,
-    )
-
-
-PRESETS = {"planar": planar, "pendulum": pendulum, "point_push": point_push}
+PRESETS = {  # the recipe's model.preset: the fields it sets (a recipe's keys override them)
+    # the paper's planar system: 40x40 grey image, z=2, encoder 150-150-150, decoder 200-200, transition 100-100
+    "planar": dict(image_shape=(1, 40, 40), latent_dim=2, action_dim=2, encoder="mlp",
+                   encoder_widths=(150, 150, 150), decoder_widths=(200, 200), transition_widths=(100, 100)),
+    # the paper's pendulum swing-up: two stacked 48x48 grey frames, z=3, encoder/decoder 800-800, transition 100-100
+    "pendulum": dict(image_shape=(2, 48, 48), latent_dim=3, action_dim=1, encoder="mlp",
+                     encoder_widths=(800, 800), decoder_widths=(800, 800), transition_widths=(100, 100)),
+    # 64x64 colour PointPush: four stride-2 convolutions (32-64-128-256) and a 256-unit layer each way
+    "point_push": dict(image_shape=(3, 64, 64), latent_dim=8, action_dim=2, encoder="conv",
+                       conv_channels=(32, 64, 128, 256), encoder_widths=(256,), decoder_widths=(256,),
+                       transition_widths=(100, 100)),
+}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ API:
     model = VideoPredictionModel(config)
     out = model(frames, actions, states=None, pixels=None, num_context=2)   # -> VideoPrediction
     terms = model.loss(frames, actions, states, num_context=2, sample_prob=p)  # training
-    flops_per_frame(config)                                                 # benchmarks
 """
 import math
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 
 from foresight.errors import ForesightError
 from foresight.pixels import delta_distribution, expected_distance
+from foresight.recipes import spec
 
 TRANSFORMS = ("cdna", "dna")
 VARIANTS = ("cdna", "dna", "sna")  # sna = dna + skip (Ebert et al. 2017)
@@ -60,40 +60,58 @@ STATE_LOSS_WEIGHT = 1e-4  # Finn's state_cost
 # configuration
 
 
+PRESETS = {  # the recipe's model.preset; model.variant then picks the transform (``variant_fields``)
+    "paper": dict(widths=(32, 32, 64, 64, 128, 64, 32), lstm_kernel=5),  # Finn et al.'s sizes
+    # a quarter of the paper's widths with 3x3 conv-LSTMs: ~37x fewer FLOPs (0.09 GFLOP per 64x64 frame). On 2
+    # CPU cores it beat copy-last-frame by 4 dB within 4 minutes of training on a synthetic 64x64 pushing
+    # scene, and trained faster per second than 16-16-32-32-64-32-16
+    "small": dict(widths=(8, 8, 16, 16, 32, 16, 8), lstm_kernel=3),
+}
+
+
+def variant_fields(variant: str) -> dict:
+    """The config fields of a variant: 10 CDNA kernels or per-pixel DNA kernels, 5x5; SNA adds the skip."""
+    return dict(transform="cdna" if variant == "cdna" else "dna", skip=variant == "sna", num_kernels=10,
+                transform_kernel=5)
+
+
 @dataclass(frozen=True, kw_only=True)
 class VideoPredictionConfig:
-    image_size: tuple[int, int]  # (H, W), both divisible by 8 (three stride-2 stages)
-    channels: int  # 3 for colour, 1 for grey
-    action_dim: int
-    state_dim: int = 0  # 0: no low-dimensional state; else it is tiled in at the bottleneck and predicted
-    widths: tuple[int, ...] = (32, 32, 64, 64, 128, 64, 32)  # channels of lstm1 .. lstm7
-    lstm_kernel: int = 5  # conv-LSTM kernel size
-    transform: str = "cdna"  # "cdna" | "dna"
-    num_kernels: int = 10  # CDNA kernels (ignored by dna)
-    transform_kernel: int = 5  # size of the CDNA / DNA kernels
-    skip: bool = False  # SNA temporal skip: the first context frame is a compositing candidate
-    kernel_norm: str = "softmax"  # or "relu": Finn's relu(x - eps) + eps, divided by the sum (learns slower)
+    """The model's architecture. Checked where it is read (``foresight.recipes.from_dict``); a config built
+    in Python is taken as it is."""
+
+    image_size: tuple[int, int] = spec(min=8, help="(H, W), both divisible by 8 (three stride-2 stages)")
+    channels: int = spec(min=1, help="3 for colour, 1 for grey")
+    action_dim: int = spec(min=1)
+    state_dim: int = spec(0, min=0, help="0: no low-dimensional state; else it is tiled in at the bottleneck "
+                                         "and predicted")
+    widths: tuple[int, int, int, int, int, int, int] = spec((32, 32, 64, 64, 128, 64, 32), min=1,
+                                                           help="channels of lstm1 .. lstm7")
+    lstm_kernel: int = spec(5, min=1, help="conv-LSTM kernel size (odd)")
+    transform: str = spec("cdna", choices=TRANSFORMS)
+    num_kernels: int = spec(10, min=1, help="CDNA kernels (ignored by dna)")
+    transform_kernel: int = spec(5, min=1, help="size of the CDNA / DNA kernels (odd)")
+    skip: bool = spec(False, help="SNA temporal skip: the first context frame is a compositing candidate")
+    kernel_norm: str = spec("softmax", choices=KERNEL_NORMS, help="'relu': Finn's relu(x - eps) + eps, divided "
+                                                                  "by the sum (learns slower)")
     forget_bias: float = 1.0
+
+    def checks(self):
+        if any(s % 8 for s in self.image_size):
+            yield "image_size", "(H, W) divisible by 8 (three stride-2 stages)"
+        for name in ("lstm_kernel", "transform_kernel"):
+            if getattr(self, name) % 2 == 0:
+                yield name, "an odd kernel size"
 
     @classmethod
     def paper(cls, variant: str = "cdna", **fields) -> "VideoPredictionConfig":
         """Finn et al.'s sizes: lstm widths 32-32-64-64-128-64-32, 5x5 conv-LSTMs, 10 CDNA 5x5 kernels."""
-        return cls._preset(variant, dict(widths=(32, 32, 64, 64, 128, 64, 32), lstm_kernel=5), fields)
+        return cls(**{**PRESETS["paper"], **variant_fields(variant), **fields})
 
     @classmethod
     def small(cls, variant: str = "cdna", **fields) -> "VideoPredictionConfig":
-        """A quarter of the paper's widths with 3x3 conv-LSTMs: ~37x fewer FLOPs (0.09 GFLOP per 64x64
-        frame). On 2 CPU cores it beat copy-last-frame by 4 dB within 4 minutes of training on a
-        synthetic 64x64 pushing scene, and trained faster per second than 16-16-32-32-64-32-16."""
-        return cls._preset(variant, dict(widths=(8, 8, 16, 16, 32, 16, 8), lstm_kernel=3), fields)
-
-    @classmethod
-    def _preset(cls, variant, preset, fields):
-        if variant not in VARIANTS:
-            raise ForesightError(f"variant: expected one of {VARIANTS}, got {variant!r}")
-        preset = dict(preset, transform="cdna" if variant == "cdna" else "dna", skip=variant == "sna",
-                      num_kernels=10, transform_kernel=5)
-        return cls(**{**preset, **fields})
+        """A quarter of the paper's widths with 3x3 conv-LSTMs (``PRESETS``)."""
+        return cls(**{**PRESETS["small"], **variant_fields(variant), **fields})
 
     @property
     def variant(self) -> str:
@@ -103,43 +121,6 @@ class VideoPredictionConfig:
     def num_candidates(self) -> int:
         """Compositing candidates: current frame, transformed frame(s), first frame if skip."""
         return 1 + (self.num_kernels if self.transform == "cdna" else 1) + int(self.skip)
-
-    def __post_init__(self):
-        def fail(name, expected):
-            raise ForesightError(f"VideoPredictionConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
-
-        def is_int(x):
-            return isinstance(x, int) and not isinstance(x, bool)
-
-        size = self.image_size
-        if not (isinstance(size, (tuple, list)) and len(size) == 2
-                and all(is_int(s) and s >= 8 and s % 8 == 0 for s in size)):
-            fail("image_size", "(H, W): two positive ints divisible by 8")
-        object.__setattr__(self, "image_size", tuple(size))  # TOML / JSON give lists
-        for name in ("channels", "action_dim"):
-            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
-                fail(name, "an int >= 1")
-        if not (is_int(self.state_dim) and self.state_dim >= 0):
-            fail("state_dim", "an int >= 0")
-        if not (isinstance(self.widths, (tuple, list)) and len(self.widths) == 7
-                and all(is_int(w) and w >= 1 for w in self.widths)):
-            fail("widths", "7 positive ints (lstm1 .. lstm7)")
-        object.__setattr__(self, "widths", tuple(self.widths))
-        for name in ("lstm_kernel", "transform_kernel"):
-            k = getattr(self, name)
-            if not (is_int(k) and k >= 1 and k % 2 == 1):
-                fail(name, "an odd int >= 1")
-        if self.transform not in TRANSFORMS:
-            fail("transform", f"one of {TRANSFORMS}")
-        if not (is_int(self.num_kernels) and self.num_kernels >= 1):
-            fail("num_kernels", "an int >= 1")
-        if not isinstance(self.skip, bool):
-            fail("skip", "a bool")
-        if self.kernel_norm not in KERNEL_NORMS:
-            fail("kernel_norm", f"one of {KERNEL_NORMS}")
-        if not (isinstance(self.forget_bias, (int, float)) and not isinstance(self.forget_bias, bool)
-                and math.isfinite(self.forget_bias)):
-            fail("forget_bias", "a finite number")
 
 
 class VideoPrediction(NamedTuple):
@@ -508,43 +489,10 @@ def _shape(x):
 
 
 # -----------------------------------------------------------------------------
-# helpers for training loops and benchmarks
+# a helper for training loops
 
 
 def scheduled_sampling_prob(step: int, k: float = 900.0) -> float:
     """Finn's inverse-sigmoid schedule: the fraction of the batch fed ground truth at training step
     `step` (1.0 at the start, 0.5 near step k * ln k, ~0 after); pass it as sample_prob."""
     return k / (k + math.exp(min(step / k, 700.0)))
-
-
-def flops_per_frame(config: VideoPredictionConfig) -> int:
-    """Floating-point operations (2 x multiply-adds of convolutions and linear layers, the convention
-    of torch.utils.flop_counter) to predict one frame, designated pixels not included."""
-    cfg = config
-    w1, w2, w3, w4, w5, w6, w7 = cfg.widths
-    H, W = cfg.image_size
-    n2, n4, n8 = (H // 2) * (W // 2), (H // 4) * (W // 4), (H // 8) * (W // 8)
-    lk, tk = cfg.lstm_kernel ** 2, cfg.transform_kernel ** 2
-    a, s = cfg.action_dim, cfg.state_dim
-
-    def conv(cin, cout, kk, n):
-        return 2 * cin * cout * kk * n
-
-    def lstm(cin, width, n):
-        return conv(cin + width, 4 * width, lk, n)
-
-    total = (conv(cfg.channels, w1, 25, n2) + lstm(w1, w1, n2) + lstm(w1, w2, n2)
-             + conv(w2, w2, 9, n4) + lstm(w2, w3, n4) + lstm(w3, w4, n4)
-             + conv(w4, w4, 9, n8) + conv(w4 + a + s, w4, 1, n8) + lstm(w4, w5, n8)
-             + conv(w5, w5, 9, n8) + lstm(w5, w6, n4)  # transposed convs: taps x *input* pixels
-             + conv(w6 + w2, w6 + w2, 9, n4) + lstm(w6 + w2, w7, n2)
-             + conv(w7 + w1, w7 + w1, 9, n2)
-             + conv(w7 + w1, cfg.num_candidates, 1, H * W))
-    if cfg.transform == "cdna":
-        total += 2 * w5 * n8 * cfg.num_kernels * tk  # kernel head (fully connected)
-        total += 2 * cfg.channels * cfg.num_kernels * tk * H * W  # grouped conv
-    else:
-        total += conv(w7 + w1, tk, 1, H * W)  # per-pixel kernels (the shifted sums are not convs)
-    if s:
-        total += 2 * (s + a) * s
-    return total

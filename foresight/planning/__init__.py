@@ -1,11 +1,6 @@
-"""Planning: the CEM optimizer and costs (model-agnostic), the MPC loop and task suites built on them.
+"""Planning: suites of tasks, planners behind one interface, costs as terms, and the MPC loop that runs them.
 
-A planner sees a model only through one function, action sequences (N, H, A) -> costs (N,).
+Modules, from the bottom up: ``cem`` and ``ilqr`` (optimizers that know nothing of images), ``costs`` (terms
+over rollouts), ``tracking`` (where designated pixels are after executing), ``suites`` (tasks and judging),
+``video`` / ``latent`` / ``oracle`` (where rollouts come from), ``planners`` (the planners), ``mpc`` (the loop).
 """
-from foresight.planning.cem import CEM, CEMConfig, PlanResult, colored_noise, repeat_actions  # noqa: F401
-from foresight.planning.costs import (  # noqa: F401
-    DesignatedPixelCost,
-    designated_pixel_cost,
-    goal_image_cost,
-    step_weights,
-)

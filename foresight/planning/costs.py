@@ -1,235 +1,261 @@
-"""Planning costs on model predictions: designated pixels (visual foresight) and goal images.
+"""Planning costs as terms: each maps one batch of rollouts to (N,) costs, lower is better.
 
-A cost maps a batch of N predictions over T steps to N costs, lower is better. It knows nothing of how the
-actions were chosen; the planner composes `model(actions) -> predictions -> cost`.
+A planner (``planners.py``) asks its rollout source what N action sequences lead to: a ``Rollout``, which
+holds whatever that source knows (a video model's designated-pixel distributions, the simulator's object
+pixels, a latent model's distances to the goal) beside the actions and, where the environment offers it, the
+agent's own path. A suite's ``[cost]`` table weighs the terms; ``build_cost`` makes one ``Cost`` from it, and
+the model planner, the oracle and every benchmark use that builder: the oracle differs only in where its
+rollouts come from. Steps are weighted alike in every term: 1 each, ``last_weight`` for the plan's last
+(visual foresight's "finalweight", 10: the last step is where the object should end up).
 
-Designated-pixel cost (Finn & Levine 2017, Ebert et al. 2018): the user designates pixels d_k on objects and
-goal pixels g_k; the model moves a probability distribution P_t,k over the image for each designated pixel.
-The cost is the expected distance to the goal, summed over the plan's steps with extra weight on the last:
+Terms (``TERMS``; a weight of 0 leaves a term out):
 
-    c = sum_k w_k sum_t lambda_t sum_{(r, c)} P_t,k(r, c) ||(r, c) - g_k||_2,   lambda_t = 1, lambda_T = last_weight
+    designated_pixels  sum_k sum_t lambda_t E_{P_t,k}[||p - g_k||]: the expected distance of each designated
+                       pixel's predicted distribution to its goal pixel (Finn & Levine 2017, Ebert et al. 2018);
+                       on the simulator's object pixels, their distance
+    approach           the agent's distance from the push point behind each object (below)
+    goal_distance      sum_t lambda_t ||s_t - s_goal||^2 in the planner's state space: a latent model's
+                       latent means (Embed to Control's cost), the true state for the oracle
+    effort             sum_t ||u_t / h||^2, h the half range of each action dimension
+    goal_image         sum_t lambda_t ||x_t - x_goal||_2 between predicted frames and a goal image
 
-Visual foresight's "finalweight" was 10 (30 in some Sawyer experiments): the last step is where the object
-should end up, the earlier steps reward getting there early.
-
-Spread penalty (``spread_weight`` = beta): each step's term becomes E_P[||p - g||] + beta sqrt(tr Cov_P(p)).
-A planner exploits model errors: a plan whose prediction lets a tenth of the designated pixel's mass ride
-away on the passing pusher toward the goal lowers E_P[d] by a tenth of the distance, although the block never
-moved. Such a leak spreads the distribution (its std grows by ~sqrt(0.1) of the distance), while a real push
-moves the whole distribution and leaves its spread alone; beta ~ 1 makes the leak cost more than it gains.
-
-Sharpening (``sharpen`` = s >= 1): the expectation is taken under P^s / sum P^s instead of P. Leaked mass is
-diffuse (a smear along the pusher's path) and the object's own mass is concentrated, so raising P to a power
-keeps the object's blob and all but drops the smear: the cost follows where most of the object is predicted
-to be, not its mean, which a leak drags toward the goal. s = 1 is visual foresight's cost.
-
-Mean distance (``distance = "mean"``): each step's term is ||E_P[p] - g||, the distance of the distribution's centre
-of mass, instead of E_P[||p - g||]. A blurred prediction of the object at the goal has an expected distance of
-about its spread, so near the goal the expected distance cannot tell a precise push from a blur; the centre of mass
-can (it ignores spread altogether, which spread_weight adds back if wanted).
+To add a term: a class with ``__call__(rollout) -> (N,)`` and a ``build(settings, context)`` class method,
+a weight field in ``CostSettings`` and an entry in ``TERMS``.
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
 
+import numpy as np
 import torch
 
+from foresight import pixels
 from foresight.errors import ForesightError
+from foresight.recipes import spec
 
 
-def step_weights(steps: int, last_weight: float, end: int | None = None) -> torch.Tensor:
-    """(T,) weights of the plan's steps: 1 for each, `last_weight` for the last. With ``end`` < T (the task
-    ends after the plan's first ``end`` steps) step ``end`` takes `last_weight` and the steps after it 0:
-    where the object is after the task has ended does not count."""
-    if end is not None and not (isinstance(end, int) and 1 <= end):
-        raise ForesightError(f"end must be an integer >= 1 (the plan steps before the task ends), got {end!r}")
-    end = steps if end is None else min(end, steps)
+@dataclass(frozen=True)
+class CostSettings:
+    """A suite's ``[cost]`` table: one weight per term (0 = off) and the terms' options."""
+
+    designated_pixels: float = spec(0.0, min=0.0, help="weight of the designated pixels' expected distance to "
+                                                       "their goal pixels (visual foresight's cost)")
+    approach: float = spec(0.0, min=0.0, help="weight of the agent's distance from the push point behind each "
+                                              "designated object: use it when goals may lie between the agent "
+                                              "and an object (needs an environment with agent_path)")
+    goal_distance: float = spec(0.0, min=0.0, help="weight of the squared distance to the goal in the planner's "
+                                                   "state space (latent models; the oracle's true state)")
+    effort: float = spec(0.0, min=0.0, help="weight of the plan's effort, sum of (action / half range)^2: keeps "
+                                            "the plan from pushing harder than the goal needs")
+    goal_image: float = spec(0.0, min=0.0, help="weight of the predicted frames' L2 distance to the goal image "
+                                                "(a video model planning toward a goal image)")
+    last_weight: float = spec(10.0, min=0.0, help="weight of the plan's last step in every step-weighted term "
+                                                  "(the others 1)")
+    approach_px: float = spec(9.0, above=0.0, help="approach: how far behind the object's centre the push point "
+                                                   "lies (camera pixels), a little more than the agent's and the "
+                                                   "object's half-widths, so that waiting there does not push")
+
+
+def step_weights(steps: int, last_weight: float) -> torch.Tensor:
+    """(T,) weights of the plan's steps: 1 for each, ``last_weight`` for the last."""
     w = torch.ones(steps)
-    w[end - 1] = last_weight
-    w[end:] = 0.0
+    w[-1] = last_weight
     return w
 
 
-DISTANCES = ("expected", "mean")
+@dataclass
+class Rollout:
+    """What N action sequences lead to, as one source knows it. Fields a source does not know stay None."""
+
+    actions: torch.Tensor  # (N, T, A) the actions, in the environment's units
+    dists: torch.Tensor | None = None  # (N, T, K, h, w) predicted designated-pixel distributions
+    points: torch.Tensor | None = None  # (N, T, K, 2) object pixels (the simulator's)
+    now: np.ndarray | None = None  # (K, 2) where the planner knows the objects are now, in the rollout's pixels
+    agent_path: Callable | None = None  # actions (N, T, A) numpy -> the agent's pixels (N, T, 2), rollout's pixels
+    to_goal: torch.Tensor | None = None  # (N, T) squared distance to the goal state in the planner's space
+    frames: torch.Tensor | None = None  # (N, T, C, h, w) predicted frames
+
+    @cached_property
+    def objects(self) -> torch.Tensor:
+        """(N, T, K, 2) the objects' pixels: the simulator's, or each distribution's centre of mass."""
+        return self.points if self.points is not None else pixels.centre_of_mass(self.dists)
+
+    @cached_property
+    def agent(self) -> torch.Tensor:
+        """(N, T, 2) the agent's pixel after each action."""
+        return torch.as_tensor(self.agent_path(self.actions.numpy()), dtype=torch.float32)
 
 
-class DesignatedPixelCost:
-    """Euclidean pixel distance of K predicted distributions to their K goal pixels: expected under each
-    distribution (visual foresight), or of its centre of mass with ``distance = "mean"``.
+@dataclass(frozen=True)
+class CostContext:
+    """What the terms need to know of the task, fixed for an episode: the goal pixels (camera pixels) and the
+    rollouts' image size and camera size (the model may see smaller images), the actions' half ranges, the goal
+    image (model input scale)."""
 
-    goals (K, 2) are (row, col) pixel coordinates, floats allowed, (0, 0) the centre of the top-left pixel;
-    image_size is (H, W); weights (K,) weigh the designated pixels (default all 1). The K distance maps are
-    computed once here, so calling the cost on each of the planner's batches is one weighted sum.
-    """
+    goals: np.ndarray | None = None  # (K, 2) camera pixels
+    image_size: tuple[int, int] | None = None  # (h, w) of the rollouts' pixels
+    camera_size: tuple[int, int] | None = None  # (H, W)
+    half: np.ndarray | None = None  # (A,)
+    goal_frame: torch.Tensor | None = None  # (C, h, w) float in [0, 1]
 
-    def __init__(self, goals, image_size, weights=None, last_weight: float = 10.0, spread_weight: float = 0.0,
-                 sharpen: float = 1.0, distance: str = "expected"):
-        self.goals = _tensor("goals", goals)  # (K, 2)
-        if self.goals.dim() != 2 or self.goals.shape[1] != 2 or self.goals.shape[0] == 0:
-            raise ForesightError(f"goals must have shape (K, 2) of (row, col) pixels, got {tuple(self.goals.shape)}")
-        if not (isinstance(image_size, (tuple, list)) and len(image_size) == 2
-                and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in image_size)):
-            raise ForesightError(f"image_size must be (H, W), two integers >= 1, got {image_size!r}")
-        k = self.goals.shape[0]
-        self.weights = torch.ones(k) if weights is None else _tensor("weights", weights)  # (K,)
-        if self.weights.shape != (k,) or bool((self.weights < 0).any()):
-            raise ForesightError(
-                f"weights must be {k} numbers >= 0, one per goal, got {self.weights.tolist()}"
-            )
-        self.last_weight = _last_weight(last_weight)
-        self.spread_weight = _nonnegative("spread_weight", spread_weight)
-        self.sharpen = _nonnegative("sharpen", sharpen)
-        if self.sharpen < 1:
-            raise ForesightError(f"sharpen must be a number >= 1 (1 = the plain expected distance), got {sharpen!r}")
-        if distance not in DISTANCES:
-            raise ForesightError(f"distance must be one of {DISTANCES}, got {distance!r}")
-        self.distance = distance
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        h, w = self.image_size
-        rows = torch.arange(h, dtype=torch.float32).view(1, h, 1)
-        cols = torch.arange(w, dtype=torch.float32).view(1, 1, w)
-        g = self.goals.view(k, 2, 1, 1)
-        self.maps = torch.sqrt((rows - g[:, 0]) ** 2 + (cols - g[:, 1]) ** 2)  # (K, H, W) distance to goal k
-        # (3, H, W): row, col and row^2 + col^2, whose expectations give each distribution's spread
-        self.moments = torch.cat([rows.expand(1, h, w), cols.expand(1, h, w), rows ** 2 + cols ** 2])
-        self._cache = {}  # (device, dtype) -> (maps, weights, farthest, moments, goals) on that device
+    def to_rollout(self, points) -> np.ndarray:
+        """Camera pixels -> the rollouts' pixels."""
+        return pixels.scale_points(points, self.camera_size, self.image_size)
 
-    def __call__(self, dists: torch.Tensor, end: int | None = None) -> torch.Tensor:
-        """dists (N, T, K, H, W) distributions over pixels -> (N,) costs; ``end``: see step_weights."""
-        k, (h, w) = self.goals.shape[0], self.image_size
-        if not torch.is_tensor(dists) or dists.dim() != 5 or tuple(dists.shape[2:]) != (k, h, w):
-            raise ForesightError(f"dists must have shape (N, T, {k}, {h}, {w}), got {_shape(dists)}")
-        if not dists.is_floating_point():
-            raise ForesightError(f"dists must be a floating-point tensor, got {dists.dtype}")
-        maps, weights, farthest, moments, goals = self._on(dists.device, dists.dtype)
-        if self.sharpen != 1:  # P^s, renormalised below with the mass
-            peak = dists.amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(dists.dtype).tiny)
-            dists = (dists.clamp_min(0) / peak) ** self.sharpen  # scaled by the peak first: no underflow
+
+class DesignatedPixels:
+    """Expected Euclidean distance of K predicted distributions to their K goal pixels (one distance map per goal,
+    computed once, so each call is one weighted sum); on the simulator's object pixels, their distance."""
+
+    def __init__(self, goals: torch.Tensor, image_size, weight: float, last_weight: float):
+        self.goals, self.weight, self.last_weight = goals, weight, last_weight  # goals (K, 2)
+        self.maps = pixels.distance_maps(goals, *image_size)  # (K, H, W)
+        self.farthest = self.maps.flatten(1).amax(1)  # (K,) what a distribution that lost its mass costs
+
+    @classmethod
+    def build(cls, settings: CostSettings, context: CostContext):
+        goals = torch.as_tensor(context.to_rollout(context.goals), dtype=torch.float32)
+        return cls(goals, context.image_size, settings.designated_pixels, settings.last_weight)
+
+    def __call__(self, r: Rollout) -> torch.Tensor:
+        if r.dists is None:  # the simulator's pixels
+            lam = step_weights(r.points.shape[1], self.last_weight)
+            return self.weight * ((r.points - self.goals).norm(dim=-1).sum(-1) * lam).sum(-1)
+        dists = r.dists
         mass = dists.sum(dim=(-2, -1))  # (N, T, K)
         # divide by the mass: a model that leaks probability off the image must not be rewarded for it;
         # a distribution that lost all its mass counts as far from the goal as the image allows
         lost = mass <= 1e-12
         safe_mass = torch.where(lost, torch.ones_like(mass), mass)
-        if self.distance == "mean" or self.spread_weight > 0:
-            m = torch.einsum("ntkhw,mhw->ntkm", dists, moments) / safe_mass[..., None]  # E[r], E[c], E[r^2 + c^2]
-        if self.distance == "mean":
-            expected = (m[..., :2] - goals).norm(dim=-1)  # (N, T, K)
-        else:
-            expected = torch.einsum("ntkhw,khw->ntk", dists, maps) / safe_mass
-        expected = torch.where(lost, farthest, expected)
-        if self.spread_weight > 0:
-            spread = (m[..., 2] - m[..., 0] ** 2 - m[..., 1] ** 2).clamp_min(0).sqrt()  # (N, T, K)
-            expected = expected + self.spread_weight * torch.where(lost, torch.zeros_like(spread), spread)
-        lam = step_weights(dists.shape[1], self.last_weight, end).to(dists.device, dists.dtype)  # (T,)
-        return (expected * lam.view(1, -1, 1) * weights.view(1, 1, -1)).sum(dim=(1, 2))  # (N,)
-
-    def _on(self, device, dtype):
-        key = (device, dtype)
-        if key not in self._cache:
-            maps = self.maps.to(device, dtype)
-            self._cache[key] = (maps, self.weights.to(device, dtype), maps.flatten(1).amax(1),
-                                self.moments.to(device, dtype), self.goals.to(device, dtype))
-        return self._cache[key]
+        expected = torch.einsum("ntkhw,khw->ntk", dists, self.maps.to(dists.device, dists.dtype)) / safe_mass
+        expected = torch.where(lost, self.farthest.to(dists.device, dists.dtype), expected)
+        lam = step_weights(dists.shape[1], self.last_weight).to(dists.device, dists.dtype)
+        return self.weight * (expected * lam.view(1, -1, 1)).sum(dim=(1, 2))  # (N,)
 
 
-def designated_pixel_cost(dists: torch.Tensor, goals, weights=None, last_weight: float = 10.0) -> torch.Tensor:
-    """dists (N, T, K, H, W), goals (K, 2) (row, col) -> (N,); see DesignatedPixelCost (reuse it when planning)."""
-    if not torch.is_tensor(dists) or dists.dim() != 5:
-        raise ForesightError(f"dists must have shape (N, T, K, H, W), got {_shape(dists)}")
-    return DesignatedPixelCost(goals, tuple(dists.shape[-2:]), weights, last_weight)(dists)
+class Approach:
+    """The agent's distance from where it must be to push each object toward its goal.
 
-
-def action_cost(actions: torch.Tensor, weight: float, end: int | None = None) -> torch.Tensor:
-    """actions (N, T, A) -> (N,): weight * sum_t |a_t|^2 over the plan's first ``end`` steps (all by default).
-
-    Not in visual foresight's cost, but the usual MPC effort term: once the object is where it should be, every
-    plan that leaves it alone costs the same and CEM would pick any of them, often one whose pusher strays into
-    the object in a way the model fails to predict; a small effort weight makes the planner keep still instead.
-    """
-    if not torch.is_tensor(actions) or actions.dim() != 3:
-        raise ForesightError(f"actions must have shape (N, T, A), got {_shape(actions)}")
-    steps = actions.shape[1] if end is None else min(end, actions.shape[1])
-    return _nonnegative("action_weight", weight) * actions[:, :steps].pow(2).sum(dim=(1, 2))
-
-
-def approach_cost(agent: torch.Tensor, objects: torch.Tensor, goals, current, offset: float, weight: float,
-                  last_weight: float = 10.0, end: int | None = None) -> torch.Tensor:
-    """The agent's distance from where it must be to push each object toward its goal: (N,) costs.
-
-    agent (N, T, 2): the agent's pixel after each step of each plan; objects (N, T, K, 2): the objects' pixels
-    predicted after each step (a distribution's centre of mass, or the simulator's); goals (K, 2); current (K, 2):
-    the objects' pixels now. The push point of object k is ``offset`` pixels behind it, on the side away from its
-    goal (the direction taken from where it is now); each step's term is the agent's distance from it, faded by
-    min(1, |current_k - goal_k| / offset) so that it lets go as the object arrives, summed over objects and
-    weighted over steps as the designated-pixel cost is, times ``weight``.
+    The push point of object k is ``offset`` pixels behind it, on the side away from its goal (the direction taken
+    from where it is now); each step's term is the agent's distance from it, faded by min(1, |now_k - goal_k| /
+    offset) so that it lets go as the object arrives, summed over objects and weighted over steps.
 
     Not in visual foresight's cost, but the reaching term of gymnasium's Pusher reward (hand to object) aimed at the
     object's far side: the designated-pixel cost says nothing until a predicted push moves the object, so when the
     goal lies between the agent and the object no plan looks better than keeping away, and the planner never goes
     round the object. This term does, and it stays near zero while the agent pushes from behind.
     """
-    if not torch.is_tensor(agent) or agent.dim() != 3 or agent.shape[-1] != 2:
-        raise ForesightError(f"agent must have shape (N, T, 2), got {_shape(agent)}")
-    if not torch.is_tensor(objects) or objects.dim() != 4 or objects.shape[:2] != agent.shape[:2] \
-            or objects.shape[-1] != 2:
-        raise ForesightError(f"objects must have shape ({agent.shape[0]}, {agent.shape[1]}, K, 2), got "
-                             f"{_shape(objects)}")
-    goals = _tensor("goals", goals).to(objects.device, objects.dtype)
-    current = _tensor("current", current).to(objects.device, objects.dtype)
-    k = objects.shape[2]
-    if goals.shape != (k, 2) or current.shape != (k, 2):
-        raise ForesightError(f"goals and current must have shape ({k}, 2), got {tuple(goals.shape)} and "
-                             f"{tuple(current.shape)}")
-    offset, weight = _nonnegative("offset", offset), _nonnegative("approach_weight", weight)
-    if offset <= 0:
-        raise ForesightError(f"offset must be a number of pixels > 0, got {offset!r}")
-    away = current - goals  # (K, 2)
-    distance = away.norm(dim=-1, keepdim=True)  # (K, 1)
-    push = objects + offset * away / distance.clamp_min(1e-6)  # (N, T, K, 2) push points
-    fade = (distance[:, 0] / offset).clamp(max=1.0)  # (K,)
-    per_step = ((agent[:, :, None] - push).norm(dim=-1) * fade).sum(-1)  # (N, T)
-    lam = step_weights(agent.shape[1], _last_weight(last_weight), end).to(agent.device, agent.dtype)
-    return weight * (per_step * lam).sum(1)
+
+    def __init__(self, goals: np.ndarray, offset: float, weight: float, last_weight: float):
+        self.goals = torch.as_tensor(goals, dtype=torch.float32)  # (K, 2)
+        self.offset, self.weight, self.last_weight = offset, weight, last_weight
+
+    @classmethod
+    def build(cls, settings: CostSettings, context: CostContext):
+        scale = context.image_size[0] / context.camera_size[0]
+        return cls(context.to_rollout(np.asarray(context.goals, np.float32)), settings.approach_px * scale,
+                   settings.approach, settings.last_weight)
+
+    def __call__(self, r: Rollout) -> torch.Tensor:
+        objects, agent = r.objects, r.agent  # (N, T, K, 2), (N, T, 2)
+        away = torch.as_tensor(r.now, dtype=torch.float32) - self.goals  # (K, 2)
+        distance = away.norm(dim=-1, keepdim=True)  # (K, 1)
+        push = objects + self.offset * away / distance.clamp_min(1e-6)  # (N, T, K, 2) push points
+        fade = (distance[:, 0] / self.offset).clamp(max=1.0)  # (K,)
+        per_step = ((agent[:, :, None] - push).norm(dim=-1) * fade).sum(-1)  # (N, T)
+        return self.weight * (per_step * step_weights(agent.shape[1], self.last_weight)).sum(1)
 
 
-def goal_image_cost(frames: torch.Tensor, goal: torch.Tensor, last_weight: float = 10.0) -> torch.Tensor:
-    """frames (N, T, C, H, W), goal (C, H, W), both float on the same scale -> (N,) costs.
+class GoalDistance:
+    """sum_t lambda_t ||s_t - s_goal||^2, from the rollout's squared distances to the goal (N, T)."""
 
-    The cost of a step is the Euclidean (L2) distance between the predicted frame and the goal image over
-    all pixels and channels; the steps are summed with `last_weight` on the last, as for designated pixels.
-    """
-    if not torch.is_tensor(frames) or frames.dim() != 5 or not frames.is_floating_point():
-        what = f"{tuple(frames.shape)} {frames.dtype}" if torch.is_tensor(frames) else type(frames).__name__
-        raise ForesightError(f"frames must be a float tensor (N, T, C, H, W), got {what}")
-    if not torch.is_tensor(goal) or tuple(goal.shape) != tuple(frames.shape[2:]) or not goal.is_floating_point():
-        what = f"{tuple(goal.shape)} {goal.dtype}" if torch.is_tensor(goal) else type(goal).__name__
-        raise ForesightError(
-            f"goal must be a float tensor (C, H, W) = {tuple(frames.shape[2:])} on the frames' scale, got {what}"
-        )
-    lam = step_weights(frames.shape[1], _last_weight(last_weight)).to(frames.device, frames.dtype)  # (T,)
-    dist = (frames - goal.to(frames.device, frames.dtype)).flatten(2).norm(dim=2)  # (N, T)
-    return (dist * lam).sum(dim=1)
+    def __init__(self, weight: float, last_weight: float):
+        self.weight, self.last_weight = weight, last_weight
 
+    @classmethod
+    def build(cls, settings: CostSettings, context: CostContext):
+        return cls(settings.goal_distance, settings.last_weight)
 
-def _shape(x) -> object:  # for error messages
-    return tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+    def stage_weights(self, steps: int) -> torch.Tensor:
+        """(T,) the weight of each step's squared distance (what iLQR's quadratic model needs)."""
+        return self.weight * step_weights(steps, self.last_weight)
+
+    def __call__(self, r: Rollout) -> torch.Tensor:
+        return self.weight * (r.to_goal * step_weights(r.to_goal.shape[1], self.last_weight).to(r.to_goal)).sum(-1)
 
 
-def _tensor(name, value) -> torch.Tensor:
-    try:
-        t = torch.as_tensor(value, dtype=torch.float32).detach().cpu()
-    except (TypeError, ValueError, RuntimeError):
-        raise ForesightError(f"{name} must be an array of numbers, got {value!r}") from None
-    if not bool(torch.isfinite(t).all()):
-        raise ForesightError(f"{name} must be finite, got {t.tolist()}")
-    return t
+class Effort:
+    """sum_t ||u_t / h||^2 over the plan, h (A,) the half range of each action dimension."""
+
+    def __init__(self, half, weight: float):
+        self.half = torch.as_tensor(half, dtype=torch.float32).reshape(-1)  # (A,)
+        self.weight = weight
+
+    @classmethod
+    def build(cls, settings: CostSettings, context: CostContext):
+        return cls(context.half, settings.effort)
+
+    def hessian(self) -> np.ndarray:
+        """R (A, A) of the effort written as u^T R u (float64, for iLQR)."""
+        return self.weight * np.diag(1.0 / self.half.double().numpy() ** 2)
+
+    def __call__(self, r: Rollout) -> torch.Tensor:
+        return self.weight * ((r.actions / self.half) ** 2).sum(-1).sum(-1)
 
 
-def _nonnegative(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ForesightError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+class GoalImage:
+    """sum_t lambda_t ||x_t - x_goal||_2 over all pixels and channels of the predicted frames (N, T, C, H, W)."""
+
+    def __init__(self, goal: torch.Tensor, weight: float, last_weight: float):
+        self.goal, self.weight, self.last_weight = goal, weight, last_weight  # (C, H, W) float
+
+    @classmethod
+    def build(cls, settings: CostSettings, context: CostContext):
+        return cls(context.goal_frame, settings.goal_image, settings.last_weight)
+
+    def __call__(self, r: Rollout) -> torch.Tensor:
+        frames = r.frames
+        lam = step_weights(frames.shape[1], self.last_weight).to(frames.device, frames.dtype)
+        dist = (frames - self.goal.to(frames.device, frames.dtype)).flatten(2).norm(dim=2)  # (N, T)
+        return self.weight * (dist * lam).sum(dim=1)
 
 
-def _last_weight(value) -> float:
-    return _nonnegative("last_weight", value)
+TERMS = {"designated_pixels": DesignatedPixels, "approach": Approach, "goal_distance": GoalDistance,
+         "effort": Effort, "goal_image": GoalImage}
+
+
+class Cost:
+    """The sum of a suite's weighted terms, in ``TERMS`` order: rollouts -> (N,) costs."""
+
+    def __init__(self, terms: dict):
+        self.terms = terms  # name -> term
+
+    def __call__(self, rollout: Rollout) -> torch.Tensor:
+        total = None
+        for term in self.terms.values():
+            c = term(rollout)
+            total = c if total is None else total + c
+        return total
+
+    def parts(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+        """Each term's (N,) costs, for diagnostics."""
+        return {name: term(rollout) for name, term in self.terms.items()}
+
+    @property
+    def uses_agent(self) -> bool:
+        return "approach" in self.terms
+
+
+def build_cost(settings: CostSettings, context: CostContext, allowed=tuple(TERMS), where: str = "cost") -> Cost:
+    """The cost of a suite's ``[cost]`` table: the terms with a weight > 0 (at least one), each built for the task;
+    ``allowed``: the terms the planner's rollouts can feed."""
+    names = [name for name in TERMS if getattr(settings, name) > 0]
+    for name in names:
+        if name not in allowed:
+            raise ForesightError(f"{where}: key 'cost.{name}': this planner's rollouts cannot feed the {name} term "
+                                 f"(it can use: {', '.join(allowed)})")
+    if not names:
+        raise ForesightError(f"{where}: key 'cost': no term has a weight > 0 (terms: {', '.join(TERMS)})")
+    return Cost({name: TERMS[name].build(settings, context) for name in names})

@@ -1,4 +1,11 @@
-"""Re-find designated pixels in new camera frames: closed-loop visual MPC without the simulator's help.
+"""Where the designated pixels are after the executed actions: three ways of knowing, one interface.
+
+A tracker is told every executed frame (``observe``) and, at the next replan, says where the designated
+pixels are (``locate``, camera pixels) and, when it is the model's own belief, the distribution to plan from:
+
+    ModelTracking         carries the model's predicted distribution of the executed actions (visual foresight)
+    RegistrationTracking  re-finds each pixel in the camera frame (``ColorTracker``: images only)
+    TrueTracking          the simulator's object pixels (for comparison: what perfect tracking would give)
 
 Visual foresight carries each designated pixel's distribution forward with the model's own prediction of the
 executed actions (``track = "model"``): open loop, so every replan inherits the model's tracking error and a
@@ -18,6 +25,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from foresight import pixels
 from foresight.errors import ForesightError
 
 HUE_BINS, SAT_BINS = 30, 32
@@ -72,3 +80,56 @@ def _rgb(frame, name: str) -> np.ndarray:
         raise ForesightError(f"{name}: the colour tracker needs RGB frames (H, W, 3) uint8, got "
                              f"{frame.shape} {frame.dtype} (track = 'registration' works on colour scenes only)")
     return frame
+
+
+class ModelTracking:
+    """The designated pixels are where the model's prediction of the executed actions carried them: the centre of
+    mass of the carried distribution (model pixels (h, w)), shown in camera pixels (H, W)."""
+
+    def __init__(self, model_size, camera_size):
+        self.model_size, self.camera_size = model_size, camera_size
+
+    def observe(self, frame, info) -> None:
+        pass
+
+    def locate(self, carried):
+        """carried (K, h, w): the model's distribution after the executed actions -> (camera pixels (K, 2), carried)."""
+        return pixels.scale_points(pixels.centre_of_mass(carried).numpy(), self.model_size, self.camera_size), carried
+
+
+class RegistrationTracking:
+    """The designated pixels re-found in every camera frame by colour registration (``ColorTracker``)."""
+
+    def __init__(self, first, designated):
+        self.tracker, self.last = ColorTracker(first, designated), None
+
+    def observe(self, frame, info) -> None:
+        self.last = self.tracker.update(frame)
+
+    def locate(self, carried):
+        return self.last, None
+
+
+class TrueTracking:
+    """The simulator's pixels of the designated objects (the first K tracked points)."""
+
+    def __init__(self, k: int):
+        self.k, self.last = k, None
+
+    def observe(self, frame, info) -> None:
+        self.last = info["points"][:self.k]
+
+    def locate(self, carried):
+        return self.last, None
+
+
+TRACKING = ("model", "registration", "true")
+
+
+def make_tracking(kind: str, first, designated, model_size, camera_size):
+    """The tracker of a suite's ``mpc.track`` for an episode whose first frame is ``first``."""
+    if kind == "model":
+        return ModelTracking(model_size, camera_size)
+    if kind == "registration":
+        return RegistrationTracking(first, designated)
+    return TrueTracking(len(designated))

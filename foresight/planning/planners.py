@@ -1,0 +1,132 @@
+"""Planners: one small interface (observe, then act), so that one MPC loop (``mpc.py``) runs any of them.
+
+A planner is made for one task (``make``). The loop calls ``act(obs, info, steps)`` at each replan for the
+actions to execute, and ``observe(obs, info, action)`` after each executed action. It reports ``replans`` and
+``model_seconds`` and, for the videos, ``pictures(step, scale)``: its own panels for the step-th action executed
+since the last plan (predicted frames, heat maps, decodings).
+
+    random   uniform random decisions, each held cem.repeat steps
+    CEM      ``CEMPlanner``: the shared CEM scoring rollouts with the suite's cost; the rollout source decides
+             what the planner is: a video model ('model'), the simulator ('oracle'), a latent model ('cem')
+    iLQR     ``latent.ILQRPlanner`` on a latent model's local linearisation ('ilqr')
+
+The planner names of each suite kind are ``suites.PLANNERS[kind]``; what each needs of a model is checked in
+``check``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from foresight.errors import ForesightError
+from foresight.planning import oracle
+from foresight.planning.cem import CEM, repeat_actions
+from foresight.planning.suites import PLANNERS
+from foresight.planning.costs import CostContext, build_cost
+from foresight.planning.latent import ILQRPlanner, LatentModel, LatentRollouts
+from foresight.planning.video import VideoPredictor, VideoRollouts
+
+MODEL_PLANNERS = {"model", "cem", "ilqr"}
+
+
+class RandomPlanner:
+    """Uniformly random decisions in the action box, each held ``repeat`` steps."""
+
+    model_seconds = 0.0
+
+    def __init__(self, low, high, repeat: int, rng: np.random.Generator):
+        self.low, self.high, self.repeat, self.rng = low, high, repeat, rng
+        self.replans = 0
+
+    def observe(self, obs, info, action) -> None:
+        pass
+
+    def act(self, obs, info, steps: int) -> np.ndarray:
+        decisions = self.rng.uniform(self.low, self.high, (math.ceil(steps / self.repeat), *self.low.shape))
+        return repeat_actions(torch.as_tensor(decisions.astype(np.float32)), self.repeat)[:steps].numpy()
+
+    def pictures(self, step: int, scale: int) -> list[np.ndarray]:
+        return []
+
+
+class CEMPlanner:
+    """Model-predictive CEM: at each replan, search action sequences whose rollouts the cost likes best, execute
+    the best one's first actions, warm-start the next search from the rest (``CEM.shift``)."""
+
+    def __init__(self, cem: CEM, rollouts, cost):
+        self.cem, self.rollouts, self.cost = cem, rollouts, cost
+        self.replans = 0
+
+    @property
+    def model_seconds(self) -> float:
+        return self.rollouts.model_seconds
+
+    def score(self, decisions: torch.Tensor) -> torch.Tensor:
+        """CEM's decisions (N, H, A) -> (N,) costs of the rollouts they lead to."""
+        return self.cost(self.rollouts(self.cem.expand(decisions)))
+
+    def observe(self, obs, info, action) -> None:
+        self.rollouts.observe(obs, info, action)
+
+    def act(self, obs, info, steps: int) -> np.ndarray:
+        self.rollouts.begin(obs, info)
+        plan = self.cem.expand(self.cem.plan(self.score).best)  # (H * repeat, A)
+        self.rollouts.chosen(plan)
+        self.cem.shift(max(1, steps // self.cem.config.repeat))
+        self.replans += 1
+        return plan[:steps].numpy()
+
+    def pictures(self, step: int, scale: int) -> list[np.ndarray]:
+        return self.rollouts.pictures(step, scale)
+
+
+def check(suite, names, model, where: str = "--planners") -> None:
+    """The planner names must be the suite kind's, and the model planners need a model of the right family."""
+    known = PLANNERS[suite.kind]
+    for name in names:
+        if name not in known:
+            raise ForesightError(f"{where}: unknown planner {name!r} (expected: {', '.join(known)})")
+    needs = [n for n in names if n in MODEL_PLANNERS]
+    if needs and model is None:
+        raise ForesightError(f"--model: planner(s) {', '.join(needs)} need a trained model (--model RUN)")
+    family = VideoPredictor if suite.kind == "designated_pixels" else LatentModel
+    if needs and not isinstance(model, family):
+        raise ForesightError("--model: a designated-pixel suite plans with a video prediction model (CDNA / DNA / "
+                             "SNA), a goal-image suite with a latent model (E2C or its VAE baseline)")
+
+
+def make(name: str, suite, env, task, obs, model=None):
+    """The planner ``name`` for one task of ``suite``, whose episode starts at ``obs``."""
+    low, high = env.action_space.low, env.action_space.high
+    if name == "random":
+        return RandomPlanner(low, high, suite.cem.repeat, np.random.default_rng([suite.seed, task.index, 7]))
+    H, W = obs.shape[:2]
+    if suite.kind == "designated_pixels":
+        rollouts = VideoRollouts(model, env, task, obs, suite.mpc.track, suite.mpc.amp) if name == "model" \
+            else oracle.SimulatorPixels(env, suite, task)
+        size = model.image_size if name == "model" else (H, W)
+        context = CostContext(goals=task.goals, image_size=size, camera_size=(H, W), half=(high - low) / 2)
+        cost = build_cost(suite.cost, context, ("designated_pixels", "approach", "effort"))
+        return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost)
+    context = CostContext(half=(high - low) / 2)
+    cost = build_cost(suite.cost, context, ("goal_distance", "effort"))
+    if name == "oracle":
+        return CEMPlanner(CEM(suite.cem, low, high), oracle.SimulatorGoalDistance(env, suite, task), cost)
+    rollouts = LatentRollouts(model, task, obs)
+    if name == "ilqr":
+        return ILQRPlanner(rollouts, cost, low, high, suite.ilqr)
+    return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost)
+
+
+def load_model(run):
+    """A trained run as the planners use it: a video model's ``VideoPredictor``, or a latent model's
+    ``LatentModel``; either knows the environment its training data came from (``trained_env``)."""
+    from foresight.learners import load_run
+
+    model, learner, resolved, _ = load_run(run)
+    trained = resolved.get("dataset", {}).get("env")
+    if learner.kind == "video":
+        return VideoPredictor(model, learner.settings.context, trained_env=trained)
+    return LatentModel(model, trained_env=trained)
