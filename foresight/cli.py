@@ -57,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="visual MPC: move designated pixels to goal pixels (a suite, or one task)")
     pl.add_argument("suite", nargs="?", help="a task suite, e.g. plan/point_push.toml")
-    pl.add_argument("--model", help="a trained video prediction run, e.g. train/runs/sna_point_push")
-    pl.add_argument("--planners", help="comma-separated: model, oracle, random (default: model + the suite's baselines)")
+    pl.add_argument("--model", help="a trained run: a video model (designated pixels, goal images) or a latent "
+                                    "model (goal images), e.g. pretrained/plan_point_push")
+    pl.add_argument("--planners", help="comma-separated: model, oracle, random; goal-image suites also cem, ilqr "
+                                       "(default: the model's planners + the suite's baselines)")
     pl.add_argument("--out", help="results folder (default: <suite folder>/results/<name>)")
     pl.add_argument("--videos", type=int, default=10, help="write videos of this many tasks per planner")
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite key")
@@ -158,8 +160,8 @@ def cmd_plan(args) -> int:
     trained = getattr(model, "trained_env", None) or {}
     if trained.get("id") not in (None, suite.env):
         raise ForesightError(f"--model: was trained on {trained['id']} images, the suite {source} runs {suite.env}")
-    model_planners = [p for p in suites.PLANNERS[suite.kind] if p in planners.MODEL_PLANNERS]
-    names = args.planners.split(",") if args.planners else (model_planners if model else []) + list(suite.baselines)
+    names = args.planners.split(",") if args.planners else \
+        (planners.model_planners(suite, model) if model else []) + list(suite.baselines)
     if not names:
         raise ForesightError("--planners: nothing to run (give --model RUN or --planners oracle,random)")
     planners.check(suite, names, model)
@@ -191,8 +193,9 @@ def cmd_plan(args) -> int:
     for p in names:
         s = summary[p]
         if suite.kind == "goal_image":
-            print(f"[{p:>6}] {s['percent_in_goal']:.1f} +- {s['percent_in_goal_std']:.1f}% of steps in the goal region, "
-                  f"in it at the end {100 * s['success']:.0f}% of {s['tasks']}, {s['seconds_per_replan']:.3f} s per replan")
+            print(f"[{p:>6}] {s['percent_in_goal']:.1f} +- {s['percent_in_goal_std']:.1f}% of steps in the goal "
+                  f"region, in it at the end {100 * s['success']:.0f}% of {s['tasks']}, "
+                  f"{s['seconds_per_replan']:.3f} s per replan")
         else:
             print(f"[{p:>6}] success {100 * s['success']:.0f}% of {s['tasks']}, final/start "
                   f"{s['final_over_start']:.2f}, {s['seconds_per_replan']:.2f} s per replan")

@@ -12,7 +12,7 @@ from foresight import cli, collect, recipes, training
 from foresight.envs import planar
 from foresight.errors import ForesightError
 from foresight.models.e2c import E2C, E2CConfig
-from foresight.planning import mpc, suites
+from foresight.planning import mpc, planners, suites
 from foresight.planning.costs import Cost, CostContext, CostSettings, build_cost, step_weights
 from foresight.planning.ilqr import ILQRSettings, LatentILQR
 from foresight.planning.latent import LatentModel
@@ -200,7 +200,7 @@ def test_foresight_plan_hands_an_e2c_run_to_the_latent_planner(tmp_path, capsys)
     (["start_high=[7.0]"], r"key 'start_high': expected as many numbers as start_low \(2\)"),
     (["goal_states=[[20.5, 5.5]]"], "key 'goal_states'.*not a valid state"),
     (["goal_states=[]"], "key 'goal_states': expected goal states, or goal_push_steps > 0"),
-    (["baselines=['mppi']"], r"key 'baselines': expected planners of cem, ilqr, random, oracle \(unknown planner 'mppi'\)"),
+    (["baselines=['mppi']"], r"key 'baselines': expected planners of cem, ilqr, model, random, oracle \(unknown planner 'mppi'\)"),
     (["cost.designated_pixels=1.0"], "key 'cost.designated_pixels': this planner's rollouts cannot feed"),
 ])
 def test_bad_suites_give_one_clear_error(tmp_path, overrides, message):
@@ -223,3 +223,33 @@ def test_bad_models_and_bounds_are_errors(tmp_path):
         LatentILQR(TruePlanar(), cost, torch.zeros(2), torch.ones(2), torch.ones(2))
     with pytest.raises(ForesightError, match="cost: iLQR plans with the terms goal_distance and effort only"):
         LatentILQR(TruePlanar(), Cost({}), torch.zeros(2), -torch.ones(2), torch.ones(2))
+
+
+def test_a_video_model_plans_toward_a_goal_image_with_the_goal_image_term(tmp_path):
+    """Planner 'model' in a goal-image suite: the video model's predicted frames against the goal image (cost term
+    goal_image); a term its rollouts cannot feed, or a latent planner given a video model, is one clear error."""
+    from foresight.models.video import VideoPredictionConfig, VideoPredictionModel
+    from foresight.planning.video import VideoPredictor, VideoRollouts
+
+    torch.manual_seed(0)
+    cfg = VideoPredictionConfig.small("cdna", image_size=(40, 40), channels=1, action_dim=2,
+                                      widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=3)
+    predictor = VideoPredictor(VideoPredictionModel(cfg))
+    s, _ = suite(tmp_path, "tasks=1", "steps=3", "cost.goal_distance=0.0", "cost.goal_image=1.0",
+                 "cem.samples=8", "cem.elites=2", "cem.iterations=1", "cem.horizon=3")
+    summary = mpc.run_suite(s, tmp_path / "out", predictor, ["model", "random"], progress=False, videos=1)
+    assert summary["model"]["tasks"] == 1 and summary["model"]["model_seconds_per_replan"] > 0
+    assert (tmp_path / "out" / "model" / "task-000.gif").exists()
+    env = planar.PlanarEnv()
+    task = suites.make_tasks(s, env)[0]
+    obs, _ = env.reset(seed=task.seed, options=task.reset_options)
+    planner = planners.make("model", s, env, task, obs, predictor)
+    assert isinstance(planner.rollouts, VideoRollouts) and list(planner.cost.terms) == ["goal_image", "effort"]
+    planner.rollouts.begin(obs, {})
+    costs = planner.score(torch.zeros(2, 3, 2))
+    assert costs.shape == (2,) and torch.isfinite(costs).all() and costs[0] == costs[1]
+    latent_cost_suite, _ = suite(tmp_path, "tasks=1")
+    with pytest.raises(ForesightError, match="key 'cost.goal_distance': this planner's rollouts cannot feed"):
+        mpc.run_suite(latent_cost_suite, tmp_path / "x", predictor, ["model"], progress=False)
+    with pytest.raises(ForesightError, match=r"--model: planner 'cem' plans with a latent model"):
+        mpc.run_suite(latent_cost_suite, tmp_path / "x", predictor, ["cem"], progress=False)

@@ -16,8 +16,8 @@ Terms (``TERMS``; a weight of 0 leaves a term out):
     approach           the agent's distance from the push point behind each object (below)
     goal_distance      sum_t lambda_t ||s_t - s_goal||^2 in the planner's state space: a latent model's
                        latent means (Embed to Control's cost), the true state for the oracle
+    goal_image         sum_t lambda_t ||x_t - x_goal||_2 between a video model's predicted frames and a goal image
     effort             sum_t ||u_t / h||^2, h the half range of each action dimension
-    goal_image         sum_t lambda_t ||x_t - x_goal||_2 between predicted frames and a goal image
 
 To add a term: a class with ``__call__(rollout) -> (N,)`` and a ``build(settings, context)`` class method,
 a weight field in ``CostSettings`` and an entry in ``TERMS``.
@@ -47,10 +47,11 @@ class CostSettings:
                                               "and an object (needs an environment with agent_path)")
     goal_distance: float = spec(0.0, min=0.0, help="weight of the squared distance to the goal in the planner's "
                                                    "state space (latent models; the oracle's true state)")
-    effort: float = spec(0.0, min=0.0, help="weight of the plan's effort, sum of (action / half range)^2: keeps "
-                                            "the plan from pushing harder than the goal needs")
     goal_image: float = spec(0.0, min=0.0, help="weight of the predicted frames' L2 distance to the goal image "
                                                 "(a video model planning toward a goal image)")
+    effort: float = spec(0.0, min=0.0, help="weight of the plan's effort, sum of (action / half range)^2: Embed to "
+                                            "Control's control cost; with designated pixels it keeps the agent still "
+                                            "when no plan moves the object")
     last_weight: float = spec(10.0, min=0.0, help="weight of the plan's last step in every step-weighted term "
                                                   "(the others 1)")
     approach_px: float = spec(9.0, above=0.0, help="approach: how far behind the object's centre the push point "
@@ -223,7 +224,7 @@ class GoalImage:
 
 
 TERMS = {"designated_pixels": DesignatedPixels, "approach": Approach, "goal_distance": GoalDistance,
-         "effort": Effort, "goal_image": GoalImage}
+         "goal_image": GoalImage, "effort": Effort}
 
 
 class Cost:

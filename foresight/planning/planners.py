@@ -7,7 +7,8 @@ since the last plan (predicted frames, heat maps, decodings).
 
     random   uniform random decisions, each held cem.repeat steps
     CEM      ``CEMPlanner``: the shared CEM scoring rollouts with the suite's cost; the rollout source decides
-             what the planner is: a video model ('model'), the simulator ('oracle'), a latent model ('cem')
+             what the planner is: a video model ('model': designated pixels, or a goal image with the goal_image
+             cost term), the simulator ('oracle'), a latent model ('cem')
     iLQR     ``latent.ILQRPlanner`` on a latent model's local linearisation ('ilqr')
 
 The planner names of each suite kind are ``suites.PLANNERS[kind]``; what each needs of a model is checked in
@@ -28,7 +29,7 @@ from foresight.planning.costs import CostContext, build_cost
 from foresight.planning.latent import ILQRPlanner, LatentModel, LatentRollouts
 from foresight.planning.video import VideoPredictor, VideoRollouts
 
-MODEL_PLANNERS = {"model", "cem", "ilqr"}
+MODEL_PLANNERS = {"model": VideoPredictor, "cem": LatentModel, "ilqr": LatentModel}  # the model each plans with
 
 
 class RandomPlanner:
@@ -91,10 +92,16 @@ def check(suite, names, model, where: str = "--planners") -> None:
     needs = [n for n in names if n in MODEL_PLANNERS]
     if needs and model is None:
         raise ForesightError(f"--model: planner(s) {', '.join(needs)} need a trained model (--model RUN)")
-    family = VideoPredictor if suite.kind == "designated_pixels" else LatentModel
-    if needs and not isinstance(model, family):
-        raise ForesightError("--model: a designated-pixel suite plans with a video prediction model (CDNA / DNA / "
-                             "SNA), a goal-image suite with a latent model (E2C or its VAE baseline)")
+    for name in needs:
+        if not isinstance(model, MODEL_PLANNERS[name]):
+            family = "a video prediction model (CDNA / DNA / SNA)" if name == "model" else \
+                "a latent model (E2C or its VAE baseline)"
+            raise ForesightError(f"--model: planner {name!r} plans with {family}")
+
+
+def model_planners(suite, model) -> list[str]:
+    """The planners of the suite's kind that plan with this model."""
+    return [n for n in PLANNERS[suite.kind] if n in MODEL_PLANNERS and isinstance(model, MODEL_PLANNERS[n])]
 
 
 def make(name: str, suite, env, task, obs, model=None):
@@ -109,6 +116,11 @@ def make(name: str, suite, env, task, obs, model=None):
         size = model.image_size if name == "model" else (H, W)
         context = CostContext(goals=task.goals, image_size=size, camera_size=(H, W), half=(high - low) / 2)
         cost = build_cost(suite.cost, context, ("designated_pixels", "approach", "effort"))
+        return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost)
+    if name == "model":  # a video model toward a goal image
+        rollouts = VideoRollouts(model, env, task, obs)
+        context = CostContext(half=(high - low) / 2, goal_frame=model.frames([task.goal_frame])[0])
+        cost = build_cost(suite.cost, context, ("goal_image", "effort"))
         return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost)
     context = CostContext(half=(high - low) / 2)
     cost = build_cost(suite.cost, context, ("goal_distance", "effort"))

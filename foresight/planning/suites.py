@@ -30,7 +30,8 @@ from foresight.recipes import spec
 
 
 # the planners of each kind of suite (planners.py makes them): those that need a model first
-PLANNERS = {"designated_pixels": ("model", "oracle", "random"), "goal_image": ("cem", "ilqr", "random", "oracle")}
+PLANNERS = {"designated_pixels": ("model", "oracle", "random"),
+            "goal_image": ("cem", "ilqr", "model", "random", "oracle")}
 
 
 def _unknown_planners(suite):
@@ -210,8 +211,9 @@ def _offset_goal(point, suite: DesignatedPixelSuite, H: int, W: int, rng, source
         goal = point + radius * np.array([math.sin(angle), math.cos(angle)])
         if m <= goal[0] <= H - 1 - m and m <= goal[1] <= W - 1 - m:
             return goal
-    raise ForesightError(f"{source}: no goal {suite.goal_min_px}..{suite.goal_max_px} px from {point.round(1).tolist()} "
-                         f"lies {m} px inside the {H}x{W} image; lower goal_margin_px or the goal distances")
+    raise ForesightError(f"{source}: no goal {suite.goal_min_px}..{suite.goal_max_px} px from "
+                         f"{point.round(1).tolist()} lies {m} px inside the {H}x{W} image; lower goal_margin_px or "
+                         f"the goal distances")
 
 
 def _goal_image_task(suite: GoalImageSuite, env: gym.Env, index: int, rng, source: str) -> Task:
