@@ -140,7 +140,7 @@ def run_planner_episode(env: gym.Env, recipe: CollectRecipe, index: int, rng: np
         dataclasses.replace(suite.mpc, replan_every=recipe.policy.replan_every)
     suite = dataclasses.replace(suite, steps=recipe.steps, reset_options=recipe.reset_options if near else {},
                                 cem=dataclasses.replace(suite.cem, seed=int(rng.integers(2**31))), mpc=mpc_settings)
-    task = suites.make_task(suite, env, index, rng, recipe.policy.suite)
+    task = suites.make_task(suite, env, index, rng)
     outcome = mpc.run_task(env, task, suite, recipe.policy.planner, predictor, record=False, keep_episode=True)
     e = outcome.episode
     return {"frames": e["frames"].astype(np.uint8), "actions": e["actions"].astype(np.float32),
@@ -198,7 +198,10 @@ def _resolve_planner(recipe: CollectRecipe, env: gym.Env, source: str) -> Collec
     elif not hasattr(env.unwrapped, "rollout_points"):
         raise ForesightError(f"{source}: key 'policy.planner': the oracle needs an environment that can roll out "
                              f"its objects' pixels, and {recipe.env} cannot (use 'model')")
-    suites.check(suite, env, str(suite_path))
+    try:
+        suites.check(suite, env)
+    except ForesightError as e:
+        raise ForesightError(f"{source}: key 'policy.suite': {suite_path}: {e}") from None
     return dataclasses.replace(recipe, policy=dataclasses.replace(p, suite=str(suite_path), model=model))
 
 

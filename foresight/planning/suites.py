@@ -155,44 +155,47 @@ class Task:
     goal_state: np.ndarray | None = None  # (S,) the true goal state, when the goal was given as one
 
 
-def check(suite: Suite, env: gym.Env, source: str) -> None:
-    """What a suite asks of its environment, checked once before any task runs."""
+def check(suite: Suite, env: gym.Env) -> None:
+    """What a suite asks of its environment, checked once before any task runs (errors name the key)."""
     u = env.unwrapped
-    _, info = env.reset(seed=0, options=suite.reset_options or None)
+    _, info = _reset(env, 0, suite.reset_options or None, "reset_options")
     if suite.cost.approach > 0 and not hasattr(u, "agent_path"):
-        raise ForesightError(f"{source}: key 'cost.approach': environment {suite.env!r} offers no agent_path (its "
+        raise ForesightError(f"key 'cost.approach': environment {suite.env!r} offers no agent_path (its "
                              f"agent's pixels along a plan)")
     if isinstance(suite, DesignatedPixelSuite):
         if suite.designated > len(info["points"]):
-            raise ForesightError(f"{source}: key 'designated': {suite.env} tracks {len(info['points'])} object(s), "
+            raise ForesightError(f"key 'designated': {suite.env} tracks {len(info['points'])} object(s), "
                                  f"got {suite.designated}")
         if suite.goal == "env" and "goal_pixel" not in info:
-            raise ForesightError(f"{source}: key 'goal': {suite.env} has no goal pixel; use goal = 'offset'")
+            raise ForesightError(f"key 'goal': {suite.env} has no goal pixel; use goal = 'offset'")
         return
     S = len(info["state"])
     if suite.start_low and len(suite.start_low) != S:
-        raise ForesightError(f"{source}: key 'start_low': {suite.env} has states of {S} numbers, "
+        raise ForesightError(f"key 'start_low': {suite.env} has states of {S} numbers, "
                              f"got {len(suite.start_low)}")
     for g in suite.goal_states:
         if len(g) != S:
-            raise ForesightError(f"{source}: key 'goal_states': {suite.env} has states of {S} numbers, got {list(g)}")
+            raise ForesightError(f"key 'goal_states': {suite.env} has states of {S} numbers, got {list(g)}")
     if suite.goal_push_steps and not suite.goal_states and not hasattr(u, "steer_toward"):
-        raise ForesightError(f"{source}: key 'goal_push_steps': {suite.env} has no pusher to steer; give goal_states")
+        raise ForesightError(f"key 'goal_push_steps': {suite.env} has no pusher to steer; give goal_states")
     if suite.region == "state" and any(d < 0 or d >= S for d in suite.region_dims):
-        raise ForesightError(f"{source}: key 'region_dims': expected state entries in 0..{S - 1}, "
+        raise ForesightError(f"key 'region_dims': expected state entries in 0..{S - 1}, "
                              f"got {list(suite.region_dims)}")
 
 
 def make_tasks(suite: Suite, env: gym.Env, source: str = "suite") -> list[Task]:
-    """The seeded tasks of a suite."""
-    check(suite, env, source)
-    return [make_task(suite, env, i, np.random.default_rng([suite.seed, i]), source) for i in range(suite.tasks)]
+    """The seeded tasks of a suite; a mistake names ``source`` (the suite file) and the key."""
+    try:
+        check(suite, env)
+        return [make_task(suite, env, i, np.random.default_rng([suite.seed, i])) for i in range(suite.tasks)]
+    except ForesightError as e:
+        raise ForesightError(f"{source}: {e}") from None
 
 
-def make_task(suite: Suite, env: gym.Env, index: int, rng: np.random.Generator, source: str = "suite") -> Task:
+def make_task(suite: Suite, env: gym.Env, index: int, rng: np.random.Generator) -> Task:
     """One task drawn with ``rng``: its reset seed, then its goal."""
     if isinstance(suite, GoalImageSuite):
-        return _goal_image_task(suite, env, index, rng, source)
+        return _goal_image_task(suite, env, index, rng)
     seed = int(rng.integers(2**31))
     obs, info = env.reset(seed=seed, options=suite.reset_options)
     H, W = obs.shape[:2]
@@ -200,33 +203,33 @@ def make_task(suite: Suite, env: gym.Env, index: int, rng: np.random.Generator, 
     if suite.goal == "env":
         goals = np.asarray(info["goal_pixel"], dtype=np.float64).reshape(1, 2).repeat(suite.designated, 0)
     else:
-        goals = np.stack([_offset_goal(p, suite, H, W, rng, source) for p in designated])
+        goals = np.stack([_offset_goal(p, suite, H, W, rng) for p in designated])
     return Task(index, seed, designated, goals, dict(suite.reset_options))
 
 
-def _offset_goal(point, suite: DesignatedPixelSuite, H: int, W: int, rng, source: str) -> np.ndarray:
+def _offset_goal(point, suite: DesignatedPixelSuite, H: int, W: int, rng) -> np.ndarray:
     m = suite.goal_margin_px
     for _ in range(1000):
         angle, radius = rng.uniform(0, 2 * math.pi), rng.uniform(suite.goal_min_px, suite.goal_max_px)
         goal = point + radius * np.array([math.sin(angle), math.cos(angle)])
         if m <= goal[0] <= H - 1 - m and m <= goal[1] <= W - 1 - m:
             return goal
-    raise ForesightError(f"{source}: no goal {suite.goal_min_px}..{suite.goal_max_px} px from "
+    raise ForesightError(f"key 'goal_margin_px': no goal {suite.goal_min_px}..{suite.goal_max_px} px from "
                          f"{point.round(1).tolist()} lies {m} px inside the {H}x{W} image; lower goal_margin_px or "
                          f"the goal distances")
 
 
-def _goal_image_task(suite: GoalImageSuite, env: gym.Env, index: int, rng, source: str) -> Task:
+def _goal_image_task(suite: GoalImageSuite, env: gym.Env, index: int, rng) -> Task:
     seed = int(rng.integers(2**31))
     if suite.start_low:
         options = {"state": rng.uniform(suite.start_low, suite.start_high).tolist()}
     else:
         options = dict(suite.reset_options)
-    _, info = _reset(env, seed, options, source, "start_low")
+    _, info = _reset(env, seed, options, "start_low")
     start_points = info["points"].astype(np.float64)
     if suite.goal_states:
         goal_state = np.asarray(suite.goal_states[index % len(suite.goal_states)], dtype=np.float64)
-        goal_frame, goal_info = _reset(env, seed, {"state": goal_state.tolist()}, source, "goal_states")
+        goal_frame, goal_info = _reset(env, seed, {"state": goal_state.tolist()}, "goal_states")
     else:  # a reachable goal: push the first object for a while, keep that picture
         goal_state = None
         u = env.unwrapped
@@ -238,11 +241,11 @@ def _goal_image_task(suite: GoalImageSuite, env: gym.Env, index: int, rng, sourc
                 goal_state)
 
 
-def _reset(env, seed, options, source, key):
+def _reset(env, seed, options, key):
     try:
         return env.reset(seed=seed, options=options)
     except ForesightError as e:
-        raise ForesightError(f"{source}: key {key!r}: {e}") from None
+        raise ForesightError(f"key {key!r}: {e}") from None
 
 
 def judge(suite: Suite, task: Task, info: dict) -> tuple[float, bool]:
