@@ -20,7 +20,8 @@ Terms (``TERMS``; a weight of 0 leaves a term out):
     effort             sum_t ||u_t / h||^2, h the half range of each action dimension
 
 To add a term: a class with ``__call__(rollout) -> (N,)`` and a ``build(settings, context)`` class method,
-a weight field in ``CostSettings`` and an entry in ``TERMS``.
+a weight field in ``CostSettings``, an entry in ``TERMS``, and its name among the terms that the planners whose
+rollouts can feed it allow (``planners.make``).
 """
 from __future__ import annotations
 
