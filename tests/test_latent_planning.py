@@ -247,7 +247,7 @@ def test_a_video_model_plans_toward_a_goal_image_with_the_goal_image_term(tmp_pa
     assert isinstance(planner.rollouts, VideoRollouts) and list(planner.cost.terms) == ["goal_image", "effort"]
     planner.rollouts.begin(obs, {})
     costs = planner.score(torch.zeros(2, 3, 2))
-    assert costs.shape == (2,) and torch.isfinite(costs).all() and costs[0] == costs[1]
+    assert costs.shape == (2,) and torch.isfinite(costs).all() and torch.allclose(costs[0], costs[1])
     latent_cost_suite, _ = suite(tmp_path, "tasks=1")
     with pytest.raises(ForesightError, match="key 'cost.goal_distance': this planner's rollouts cannot feed"):
         mpc.run_suite(latent_cost_suite, tmp_path / "x", predictor, ["model"], progress=False)
