@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     except ForesightError as e:
         print(f"foresight: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder: what was written before stays (every write is atomic)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"foresight: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("foresight: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
@@ -70,7 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--goal", help="single task: goal pixels 'row,col[;row,col]'")
     pl.add_argument("--workers", type=int, default=1, help="suite: run tasks in this many processes (1 thread each)")
     pl.add_argument("--no-progress", action="store_true")
+    pl.add_argument("--fresh", action="store_true", help="suite: clear the results folder's task records and run "
+                                                         "every task (default: keep the finished tasks of an "
+                                                         "earlier run with the same settings)")
     pl.set_defaults(func=cmd_plan)
+
+    r = sub.add_parser("verify", help="check a run's checkpoint files against their recorded sha256")
+    r.add_argument("run", help="a run folder, e.g. train/runs/plan_point_push or pretrained/plan_point_push")
+    r.set_defaults(func=cmd_verify)
 
     x = sub.add_parser("export", help="copy a run's model (no optimizer state) to a folder, e.g. pretrained/")
     x.add_argument("run")
@@ -189,7 +200,9 @@ def cmd_plan(args) -> int:
     if args.workers < 1:
         raise ForesightError(f"--workers: expected an integer >= 1, got {args.workers}")
     summary = mpc.run_suite(suite, out, model, names, source, args.videos, not args.no_progress, workers=args.workers,
-                            resolved={**recipes.to_dict(suite), "model": str(args.model) if args.model else None})
+                            resolved={**recipes.to_dict(suite), "model": str(args.model) if args.model else None,
+                                      "model_sha256": model_sha256(args.model) if args.model else None},
+                            resume=not getattr(args, "fresh", False))  # finished tasks of a killed run are kept
     for p in names:
         s = summary[p]
         if suite.kind == "goal_image":
@@ -199,14 +212,37 @@ def cmd_plan(args) -> int:
         else:
             print(f"[{p:>6}] success {100 * s['success']:.0f}% of {s['tasks']}, final/start "
                   f"{s['final_over_start']:.2f}, {s['seconds_per_replan']:.2f} s per replan")
-    print(f"results in {out} (summary.json, videos per planner)")
+    resumed = sum(summary[p]["resumed"] for p in names)
+    print(f"results in {out} (summary.json, videos per planner)"
+          + (f"; {resumed} task(s) resumed from an earlier run's records" if resumed else ""))
     return 0
+
+
+def model_sha256(run) -> str | None:
+    """The sha256 recorded for a run's model.pt: a resumed suite must not mix plans of a retrained model."""
+    from foresight import checkpoints
+
+    ckpt = checkpoints.checkpoint_dir(run)
+    return checkpoints.recorded_sha256(ckpt / "model.pt") if ckpt else None
 
 
 def cmd_export(args) -> int:
     from foresight.checkpoints import export_run
 
     print(f"exported {args.run} to {export_run(args.run, args.dest)}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from foresight import checkpoints
+
+    problems = checkpoints.verify(args.run)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        print(f"{args.run}: {len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{args.run}: every checkpoint file matches its recorded sha256 and holds weights only")
     return 0
 
 

@@ -10,6 +10,7 @@ temporary name and published with an atomic rename, so a reader never sees half 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -34,13 +35,27 @@ def episode_name(i: int) -> str:
     return f"episode-{i:06d}"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write through ``path.tmp`` and an atomic rename: a reader never sees half a file, and a full disk or a
+    read-only folder is one clear error that leaves the file as it was."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only folder holds no temporary file
+            pass
+        raise ForesightError(f"{path}: cannot write it ({e.strerror}); what was written before is intact") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
@@ -76,18 +91,20 @@ def sha256_of(path: Path) -> str:
 
 
 class ShardWriter:
-    """Write episodes into ``path`` through ``path.tmp``; on a clean exit, rename into place.
+    """Build a shard in memory; on a clean exit, write it through ``path.tmp`` and rename it into place.
 
-    Datasets are written without timestamps, so the same episodes give byte-identical shards.
+    Datasets are written without timestamps, so the same episodes give byte-identical shards. Built in memory
+    (a shard is a few MB), the file reaches the disk in one plain write, which a full disk stops with a clean
+    error instead of HDF5's failing half way through its own writes.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.sha256 = None
 
     def __enter__(self):
-        self.file = h5py.File(self.tmp, "w", libver="latest")
+        self.buffer = io.BytesIO()
+        self.file = h5py.File(self.buffer, "w", libver="latest")
         return self
 
     def add(self, index: int, episode: dict[str, np.ndarray]) -> None:
@@ -105,12 +122,10 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb):
         self.file.close()
         if exc_type is not None:
-            self.tmp.unlink(missing_ok=True)
             return False
-        with open(self.tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        self.sha256 = sha256_of(self.tmp)
-        os.replace(self.tmp, self.path)
+        data = self.buffer.getvalue()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        atomic_write_bytes(self.path, data)
         return False
 
 
@@ -168,17 +183,30 @@ class EpisodeStore:
     def __getstate__(self):  # pickled into spawned DataLoader workers without open handles
         return {**self.__dict__, "_files": {}, "_pid": None}
 
+    def shard_problem(self, s: dict) -> str | None:
+        """What is wrong with one shard's file against the manifest (missing, another sha256), or None."""
+        path = self.root / s["file"]
+        if not path.exists():
+            return f"{path}: missing"
+        digest = sha256_of(path)
+        if digest != s["sha256"]:
+            return f"{path}: sha256 {digest[:16]}... does not match the manifest's {s['sha256'][:16]}..."
+        return None
+
+    def check_shards(self) -> None:
+        """Refuse a dataset whose shard files differ from the manifest (training reads only checked data):
+        hashing costs about a second per GB (``benchmarks/verify_cost.py``)."""
+        for s in self.manifest["shards"]:
+            if (problem := self.shard_problem(s)) is not None:
+                raise ForesightError(f"{problem}; run `foresight data verify {self.root}`")
+
     def verify(self) -> list[str]:
         """Every problem found, one line each: missing shards, checksum or shape mismatches."""
         problems = []
         for s in self.manifest["shards"]:
             path = self.root / s["file"]
-            if not path.exists():
-                problems.append(f"{path}: missing")
-                continue
-            digest = sha256_of(path)
-            if digest != s["sha256"]:
-                problems.append(f"{path}: sha256 {digest[:16]}... does not match the manifest's {s['sha256'][:16]}...")
+            if (problem := self.shard_problem(s)) is not None:
+                problems.append(problem)
                 continue
             with h5py.File(path, "r") as f:
                 names = [episode_name(i) for i in range(s["first_episode"], s["first_episode"] + s["episodes"])]

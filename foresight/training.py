@@ -32,7 +32,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from foresight import datasets, evaluation, recipes, viz
-from foresight.checkpoints import checkpoint_dir, load_state_dict, save_checkpoint
+from foresight.checkpoints import checkpoint_dir, load_state_dict, read_weights, save_checkpoint
 from foresight.errors import ForesightError
 from foresight.learners import TrainSettings, learner_from_resolved, make_learner
 from foresight.recipes import spec
@@ -159,6 +159,8 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
         except ForesightError as e:
             raise ForesightError(f"{source}: key 'data_mix': {e}") from None
         learner.check_data(mix_shapes, f"{source}: key 'data_mix': {d}")
+    for d in (data_dir, *mix_dirs):  # every shard as the manifest says: a damaged dataset does not train
+        datasets.EpisodeStore(d).check_shards()
     resolved = {**recipes.to_dict(recipe), "data": str(data_dir), "data_mix": [str(d) for d in mix_dirs],
                 "kind": learner.kind,
                 "model_config": dataclasses.asdict(learner.config), "dataset": {"shapes": shapes,
@@ -177,7 +179,7 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
     if resume:
         load_state_dict(model, ckpt / "model.pt")
         try:
-            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
+            optimizer.load_state_dict(read_weights(ckpt / "optimizer.pt", map_location=device))
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise ForesightError(f"{ckpt / 'optimizer.pt'}: cannot restore the optimizer ({e})") from None
         step = json.loads((ckpt / "state.json").read_text())["step"]

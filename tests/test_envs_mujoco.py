@@ -1,4 +1,5 @@
 """The MuJoCo scenes (PointPush, ArmPush) and the camera module."""
+import os
 import warnings
 
 import gymnasium as gym
@@ -9,6 +10,7 @@ from gymnasium.utils.env_checker import check_env
 
 import foresight  # noqa: F401  (registers the envs, selects EGL)
 import mujoco
+from foresight.envs import camera as camera_module
 from foresight.envs import point_push
 from foresight.envs.camera import image_shape, project
 from foresight.errors import ForesightError
@@ -73,6 +75,30 @@ def test_image_shape_validation():
 
 ENVS = [("foresight/PointPush-v0", {"objects": 1}), ("foresight/PointPush-v0", {"objects": 3}),
         ("foresight/ArmPush-v0", {})]
+
+
+@pytest.mark.parametrize("env_id", ["foresight/PointPush-v0", "foresight/ArmPush-v0"])
+def test_renderer_made_on_first_render_in_the_rendering_process(make, env_id):
+    """No EGL context before the first render (gymnasium's async vector env builds one env in the parent, then
+    forks); a renderer that another process made is dropped untouched and a new one made, drawing the same."""
+    env = make(env_id)
+    camera = env.unwrapped.camera
+    assert camera._renderer is None  # building the environment made no OpenGL context
+    obs, _ = env.reset(seed=2)
+    first = camera._renderer
+    assert first is not None and camera._pid == os.getpid()
+    assert camera.renderer is first  # reused in the same process
+    camera._pid = -1  # as if made by the parent before a fork
+    inherited = len(camera_module._INHERITED)
+    again = env.render()
+    assert camera._renderer is not first and camera._pid == os.getpid()
+    assert camera_module._INHERITED[inherited:] == [first]  # kept, not closed: not this process's to free
+    assert first._mjr_context is not None
+    assert np.array_equal(again, obs)
+    camera.close()
+    camera.close()  # idempotent
+    with pytest.raises(RuntimeError, match="after close"):
+        env.render()
 
 
 @pytest.mark.parametrize("env_id,kwargs", ENVS)

@@ -7,6 +7,12 @@ image, ``info["state"]`` is the true low-dimensional state, ``info["points"]`` t
 agent it offers as methods, where it can: ``agent_pixels(states, height, width)`` (a static method: the
 agent's pixel from states, for training) and ``agent_path(actions)`` (the agent's pixels along commanded
 action sequences from the current state, for planner costs).
+
+Each environment class names its id (``env_id``, as in ``ENVS``) and refuses an action that is not its
+action space's number of finite values with a one-line ``ForesightError`` before touching its state
+(``envs/actions.py``; finite values out of range are clipped, as ever). MuJoCo scenes make their EGL
+context on the first render in the process that renders (``envs/camera.py``), so an environment built in a
+parent and used in forked workers (gymnasium's async vector environments) works.
 """
 from gymnasium.envs.registration import register, registry
 

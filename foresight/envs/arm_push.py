@@ -18,6 +18,7 @@ from gymnasium.spaces import Box
 
 import mujoco  # (foresight/__init__.py, imported first, has chosen EGL)
 
+from foresight.envs.actions import check_action
 from foresight.envs.camera import Camera, image_shape
 from foresight.envs.sim_state import SimState
 from foresight.errors import ForesightError
@@ -42,6 +43,7 @@ CAMERA_Z = 2.0  # high, so the arm (0.3 m above the table) looks only a little b
 
 class ArmPushEnv(SimState, PusherEnv):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    env_id = "foresight/ArmPush-v0"  # as registered in envs/__init__.py: ENVS (named in errors)
 
     def __init__(self, render_mode: str | None = "rgb_array", image_size=64, **pusher_kwargs):
         """`pusher_kwargs` go to gymnasium's PusherEnv (e.g. reward weights)."""
@@ -85,7 +87,8 @@ class ArmPushEnv(SimState, PusherEnv):
         return obs, {**info, **extra}
 
     def _simulate(self, action) -> None:
-        """One control step of Pusher's physics, no rendering (the oracle's rollouts)."""
+        """One control step of Pusher's physics, no rendering (the oracle's rollouts), of an action already
+        checked (``rollout_points`` checks its own)."""
         self.do_simulation(np.asarray(action, dtype=np.float64), self.frame_skip)
         mujoco.mj_forward(self.model, self.data)
 
@@ -93,6 +96,7 @@ class ArmPushEnv(SimState, PusherEnv):
         return self.camera.project(self.data, self.data.body("object").xpos[None])  # (1, 2)
 
     def step(self, action):
+        check_action(self.env_id, action, self.action_space)  # before anything touches the simulation
         state, reward, _, _, info = super().step(action)
         # mj_step leaves the kinematics one substep behind qpos; bring them level for the image
         # and the points (positions only: the next step recomputes everything from the state)

@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from foresight.envs.actions import check_action
 from foresight.errors import ForesightError
 
 SIZE = 48
@@ -111,6 +112,7 @@ class PendulumEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(round(1 / DT))}
+    env_id = "foresight/Pendulum-v0"  # as registered in envs/__init__.py: ENVS (named in errors)
     point_names = ["tip"]
 
     def __init__(self, render_mode="rgb_array", max_torque=DEFAULT_TORQUE, reset_speed=MAX_SPEED):
@@ -159,9 +161,7 @@ class PendulumEnv(gym.Env):
         return self.render(), self._info()
 
     def step(self, action):
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
-        if a.shape != (1,):
-            raise ForesightError(f"PendulumEnv: action must have 1 number, got shape {np.shape(action)}")
+        a = check_action(self.env_id, action, self.action_space)  # float64 (1,), finite; the state untouched if not
         # Python floats and math: numpy's per-call overhead would dominate on scalars.
         u = min(max(float(a[0]), -self.max_torque), self.max_torque)
         th, w = float(self._state[0]), float(self._state[1])

@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from foresight.envs.actions import check_action
 from foresight.errors import ForesightError
 
 SIZE = 40  # the map spans [0, SIZE]^2, one pixel per unit
@@ -93,6 +94,7 @@ class PlanarEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    env_id = "foresight/Planar-v0"  # as registered in envs/__init__.py: ENVS (named in errors)
     point_names = ["agent"]
 
     def __init__(self, render_mode="rgb_array"):
@@ -138,9 +140,7 @@ class PlanarEnv(gym.Env):
         return self.render(), self._info()
 
     def step(self, action):
-        u = np.asarray(action, dtype=np.float64).reshape(-1)
-        if u.shape != (2,):
-            raise ForesightError(f"PlanarEnv: action must have 2 numbers, got shape {np.shape(action)}")
+        u = check_action(self.env_id, action, self.action_space)  # float64 (2,), finite; the state untouched if not
         u = np.minimum(np.maximum(u, -MAX_ACTION), MAX_ACTION)  # np.clip costs more on tiny arrays
         target = np.minimum(np.maximum(self._state + u, AGENT_HALF), SIZE - AGENT_HALF)  # walls stop the agent
         if not collides(target):

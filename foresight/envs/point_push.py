@@ -18,6 +18,7 @@ import numpy as np
 
 import mujoco  # (foresight/__init__.py, imported first, has chosen EGL)
 
+from foresight.envs.actions import check_action
 from foresight.envs.camera import Camera, image_shape, project
 from foresight.envs.sim_state import SimState
 from foresight.errors import ForesightError
@@ -130,6 +131,7 @@ class PointPushEnv(SimState, gym.Env):
     (visual foresight repeats each planned action 3 times)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": round(1 / (TIMESTEP * FRAME_SKIP))}
+    env_id = "foresight/PointPush-v0"  # as registered in envs/__init__.py: ENVS (named in errors)
 
     def __init__(self, render_mode: str | None = "rgb_array", image_size=64, objects: int = 1, action_repeat: int = 1):
         if render_mode not in (None, "rgb_array"):
@@ -189,7 +191,8 @@ class PointPushEnv(SimState, gym.Env):
         return self._observe()
 
     def _simulate(self, action) -> None:
-        """One control step of physics, no rendering (step, and the oracle's rollouts)."""
+        """One control step of physics, no rendering (step, and the oracle's rollouts), of an action already checked
+        (``check_action``: ``step`` and ``rollout_points`` check theirs)."""
         self.data.ctrl[:] = np.clip(np.asarray(action, dtype=np.float64), -1, 1) * MAX_SPEED
         mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP * self.action_repeat)
         # mj_step leaves the kinematics one substep behind qpos; bring them level so the image,
@@ -200,7 +203,7 @@ class PointPushEnv(SimState, gym.Env):
         return self.camera.project(self.data, self.data.xpos[self._block_ids])  # (K, 2)
 
     def step(self, action):
-        self._simulate(action)
+        self._simulate(check_action(self.env_id, action, self.action_space))
         obs, info = self._observe()
         return obs, 0.0, False, False, info
 

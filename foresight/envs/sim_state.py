@@ -3,6 +3,7 @@ import numpy as np
 
 import mujoco  # (foresight/__init__.py, imported first, has chosen EGL)
 
+from foresight.envs.actions import check_action_sequences
 from foresight.errors import ForesightError
 
 # Positions, velocities, controls, solver warm start and time: restoring this makes the following
@@ -11,13 +12,14 @@ STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 
 
 class SimState:
-    """Mixed into an environment with ``self.model``, ``self.data``, ``_simulate(action)`` (one
-    control step of physics, no rendering) and ``_points()`` (the tracked pixels, (K, 2))."""
+    """Mixed into an environment with ``self.model``, ``self.data``, ``env_id``, ``action_space``,
+    ``_simulate(action)`` (one control step of physics, no rendering, of a checked action) and ``_points()``
+    (the tracked pixels, (K, 2))."""
 
     def rollout_points(self, actions) -> np.ndarray:
         """Tracked pixels after each action of each sequence, each started from the current state,
         which is restored afterwards: what an oracle planner scores. (N, T, A) -> (N, T, K, 2)."""
-        actions = np.asarray(actions, dtype=np.float64)
+        actions = check_action_sequences(self.env_id, actions, self.action_space)  # float64, all finite
         start = self.get_sim_state()
         out = np.empty((*actions.shape[:2], len(self.point_names), 2), dtype=np.float32)
         try:

@@ -8,11 +8,15 @@
 The outcome (``Outcome``) holds the true distance to the goal after every step, whether the scene was in the
 goal region after each, timing, and when asked the video and the episode in the dataset layout. ``run_suite``
 runs every task of a suite with each planner, in worker processes when asked, and writes the videos and
-``summary.json``.
+``summary.json``; it records each task as it finishes (``<out>/<planner>/task-XXX.json`` after its GIF, both
+atomically, under ``<out>/<planner>/run.json``, the run's settings), so that a killed suite resumes where it
+stopped (``resume``; ``foresight plan`` resumes unless given ``--fresh``).
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +25,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from foresight import evaluation, viz
+from foresight import evaluation, recipes, viz
 from foresight.envs import make_env
+from foresight.errors import ForesightError
 from foresight.planning import planners, suites
 from foresight.planning.suites import Task
 
@@ -134,11 +139,17 @@ def aggregate(outcomes: list[Outcome]) -> dict:
 
 
 def run_suite(suite, out, model, planner_names: list[str], source: str = "suite", videos: int = 10,
-              progress: bool = True, resolved: dict | None = None, workers: int = 1) -> dict:
+              progress: bool = True, resolved: dict | None = None, workers: int = 1, resume: bool = False) -> dict:
     """Every task of ``suite`` with each planner; videos of the first ``videos`` tasks per planner and
     ``summary.json`` under ``out``. ``model``: a ``video.VideoPredictor`` or a ``latent.LatentModel`` (or None
     for the oracle and random planners). ``workers`` > 1 runs tasks in that many processes of one thread each
-    (tasks are independent; each process has its own environment and model copy)."""
+    (tasks are independent; each process has its own environment and model copy).
+
+    Each finished task is recorded as it finishes (``<out>/<planner>/task-XXX.json``, written atomically after its
+    GIF), under the run's settings (``<out>/<planner>/run.json``: ``resolved`` and the planner). With ``resume``
+    a rerun into the same folder skips the recorded tasks (their outcomes, timing included, come from the
+    records; ``resumed`` in the summary counts them) and refuses settings that differ from the records'; without
+    it the folder's old records are cleared first."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -150,20 +161,153 @@ def run_suite(suite, out, model, planner_names: list[str], source: str = "suite"
         tasks = suites.make_tasks(suite, env, source)
     finally:
         env.close()
+    settings = _jsonable(resolved if resolved is not None else {**recipes.to_dict(suite), "model": None})
+    done = {}  # planner -> {task index: Outcome} from the records of an earlier run
+    for planner in planner_names:  # every planner's records are checked before anything runs
+        done[planner] = _finished(out / planner, {**settings, "planner": planner}, tasks, videos) if resume else {}
+    for planner in planner_names:
+        folder = out / planner
+        if not done[planner]:  # nothing to keep: no stale record may be mistaken for this run's later
+            _clear(folder)
+        for path in folder.glob("*.tmp"):  # half-written files of a killed run
+            path.unlink(missing_ok=True)
+        evaluation.write_json(folder / RUN_FILE, {**settings, "planner": planner})
     summary = {"suite": suite.name, "env": suite.env, "tasks": len(tasks), "recipe": resolved}
     with _TaskRunner(suite, model, source, workers) as runner:
         for planner in planner_names:
-            jobs = [(task, planner, task.index < videos) for task in tasks]
-            outcomes = []
-            for o in tqdm(runner.map(jobs), total=len(jobs), desc=f"plan {suite.name} [{planner}]",
-                          disable=not progress, dynamic_ncols=True):
-                if o.video:
-                    viz.write_gif(out / planner / f"task-{o.task.index:03d}.gif", o.video, fps=10)
-                    o.video = []
-                outcomes.append(o)
-            summary[planner] = {**aggregate(outcomes), "per_task": [o.summary() for o in outcomes]}
+            folder, outcomes = out / planner, dict(done[planner])
+            jobs = [(task, planner, task.index < videos) for task in tasks if task.index not in outcomes]
+            bar = tqdm(total=len(tasks), initial=len(outcomes), desc=f"plan {suite.name} [{planner}]",
+                       disable=not progress, dynamic_ncols=True)
+            with bar:
+                for o in runner.map(jobs):  # as each task finishes, in any order
+                    _record(folder, o)
+                    outcomes[o.task.index] = o
+                    bar.update(1)
+            ordered = [outcomes[task.index] for task in tasks]
+            summary[planner] = {**aggregate(ordered), "resumed": len(done[planner]),
+                                "per_task": [o.summary() for o in ordered]}
             evaluation.write_json(out / "summary.json", summary)  # after each planner: nothing lost on a kill
     return summary
+
+
+RUN_FILE = "run.json"  # in <out>/<planner>/: the settings its task records were made with
+
+
+def _task_name(index: int) -> str:
+    return f"task-{index:03d}"
+
+
+def _jsonable(data):
+    """``data`` as it reads back from JSON (tuples as lists, numpy scalars as numbers), for comparing."""
+    return json.loads(json.dumps(data, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
+
+
+def _first_difference(old, new, prefix: str = "") -> str | None:
+    """The dotted key of the first difference between two JSON values (None when equal)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            if key not in old or key not in new:
+                return f"{prefix}{key}"
+            found = _first_difference(old[key], new[key], f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    return None if old == new else prefix.rstrip(".") or "(settings)"
+
+
+def _finished(folder: Path, settings: dict, tasks: list[Task], videos: int) -> dict[int, Outcome]:
+    """The outcomes recorded in ``folder`` by an earlier run with the same ``settings``: a task counts when its
+    record is there, matches the task, and (for a task with a video) its GIF is there too. Different settings are
+    refused: the records are another run's."""
+    run_file = folder / RUN_FILE
+    if not run_file.exists():
+        return {}
+    try:
+        old = json.loads(run_file.read_text())
+    except (OSError, ValueError):
+        raise ForesightError(f"{run_file}: unreadable; pass --fresh to start the results in {folder} over") from None
+    key = _first_difference(old, settings)
+    if key is not None:
+        there, now = _lookup(old, key), _lookup(settings, key)
+        raise ForesightError(f"{folder}: holds results of a different run ({key} = {there} there, {now} now); "
+                             f"pass --fresh to start over, or give another --out")
+    outcomes = {}
+    for task in tasks:
+        path = folder / f"{_task_name(task.index)}.json"
+        if not path.exists():
+            continue
+        try:
+            record = json.loads(path.read_text())
+            outcome = _from_record(record, task, settings["planner"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable: run the task again
+        if outcome is None:
+            continue
+        if task.index < videos and not (record.get("video") and (folder / record["video"]).exists()):
+            continue  # its video is missing (or was not asked for then): run it again
+        outcomes[task.index] = outcome
+    return outcomes
+
+
+def _lookup(data, key: str):
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return "(missing)"
+        data = data[part]
+    return json.dumps(data)
+
+
+def _clear(folder: Path) -> None:
+    """Remove the task records, their GIFs and any half-written file from a planner's results folder."""
+    if not folder.is_dir():
+        return
+    for pattern in ("task-*.json", "task-*.gif", "*.tmp", RUN_FILE):
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def _record(folder: Path, o: Outcome) -> None:
+    """Write a finished task: its GIF (through a temporary name and a rename, so that no half GIF is left), then
+    its record (atomically), which is what makes the task count as finished."""
+    name, video = _task_name(o.task.index), None
+    if o.video:
+        tmp = folder / f"{name}.tmp"
+        _write_gif(tmp, o.video, fps=10)
+        os.replace(tmp, folder / f"{name}.gif")
+        video, o.video = f"{name}.gif", []
+    record = {**o.summary(), "planner": o.planner, "video": video,
+              "outcome": {"start_distance": float(o.start_distance), "final_distance": float(o.final_distance),
+                          "success": bool(o.success), "replans": int(o.replans),
+                          "seconds_per_replan": float(o.seconds_per_replan),
+                          "model_seconds_per_replan": float(o.model_seconds_per_replan),
+                          "distances": [float(d) for d in o.distances], "in_goal": [bool(i) for i in o.in_goal]}}
+    evaluation.write_json(folder / f"{name}.json", record)
+
+
+def _write_gif(path: Path, frames, fps: float) -> None:
+    """``viz.write_gif`` to a name without the .gif suffix, flushed to disk before the rename."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(viz.to_rgb(f)) for f in frames]
+    with open(path, "wb") as f:
+        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _from_record(record: dict, task: Task, planner: str) -> Outcome | None:
+    """The outcome a task record holds (None when it is another task's)."""
+    if (record["task"] != task.index or record["seed"] != task.seed or record["planner"] != planner
+            or record["designated"] != _jsonable(task.designated.tolist())
+            or record["goals"] != _jsonable(task.goals.tolist())):
+        return None
+    r = record["outcome"]
+    return Outcome(task=task, planner=planner, start_distance=r["start_distance"], final_distance=r["final_distance"],
+                   success=r["success"], replans=r["replans"], seconds_per_replan=r["seconds_per_replan"],
+                   model_seconds_per_replan=r["model_seconds_per_replan"], distances=list(r["distances"]),
+                   in_goal=list(r["in_goal"]))
 
 
 _WORKER = None  # (env, suite, model) in a task process
@@ -199,7 +343,7 @@ class _TaskRunner:
         return self
 
     def map(self, jobs):
-        return self.pool.imap(_run_job, jobs) if self.pool else map(_run_job, jobs)
+        return self.pool.imap_unordered(_run_job, jobs) if self.pool else map(_run_job, jobs)
 
     def __exit__(self, *exc):
         global _WORKER
