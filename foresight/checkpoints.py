@@ -130,15 +130,28 @@ def export_run(run: str | Path, dest: str | Path) -> Path:
     return dest
 
 
+def check(ckpt: Path) -> None:
+    """Every file the checkpoint records against its sha256 (a run whose optimizer is damaged is refused for
+    evaluation and planning too: nothing silently wrong)."""
+    for name, expected in json.loads((Path(ckpt) / STATE).read_text()).get("sha256", {}).items():
+        path = Path(ckpt) / name
+        if not path.exists():
+            raise ForesightError(f"{path}: missing (recorded in {STATE})")
+        if (found := sha256_of(path)) != expected:
+            raise ForesightError(f"{path}: damaged: its sha256 {found[:16]}... is not the {expected[:16]}... "
+                                 f"recorded in {STATE}; not loaded")
+
+
 def verify(run: str | Path) -> list[str]:
     """Every problem found in a run's checkpoint, one line each (``foresight verify``): a missing or damaged
-    file, a file without a recorded sha256, a file that is not plain weights."""
+    file, a file without a recorded sha256, a file that is not plain weights. A folder that is not a run with a
+    checkpoint is an error."""
     run = Path(run)
     if not (run / "recipe.json").exists():
-        return [f"{run}: not a training run (no recipe.json)"]
+        raise ForesightError(f"{run}: not a training run (no recipe.json)")
     ckpt = checkpoint_dir(run)
     if ckpt is None:
-        return [f"{run}: has no checkpoint"]
+        raise ForesightError(f"{run}: has no checkpoint")
     recorded = json.loads((ckpt / STATE).read_text()).get("sha256", {})
     problems = [f"{ckpt / name}: no sha256 recorded in {STATE} (written before checksums)"
                 for name in ("model.pt", "optimizer.pt") if (ckpt / name).exists() and name not in recorded]

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from foresight import recipes
-from foresight.checkpoints import checkpoint_dir, load_state_dict
+from foresight.checkpoints import check, checkpoint_dir, load_state_dict
 from foresight.errors import ForesightError
 from foresight.learners.base import Learner, Picture, TrainSettings
 from foresight.learners.e2c import E2CLearner
@@ -57,6 +57,7 @@ def load_run(run: str | Path, device: str = "cpu"):
     settings = recipes.from_dict(TrainSettings, resolved.get("train", {}), source, prefix="train.")
     learner = learner_from_resolved(resolved, settings, source)
     model = learner.build()
+    check(ckpt)
     load_state_dict(model, ckpt / "model.pt")
     model.to(device).eval()
     return model, learner, resolved, json.loads((ckpt / "state.json").read_text())
