@@ -5,6 +5,7 @@ Frames are ``uint8 (H, W, C)`` with C = 1 or 3. Small images are enlarged by an 
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -72,17 +73,26 @@ def grid(images: list[list[np.ndarray]], pad: int = 2, fill: int = 32) -> np.nda
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_rgb(image)).save(path)
-    return path
+    """Through a temporary name and a rename (``datasets.atomic_write_bytes``): never half a picture."""
+    buffer = io.BytesIO()
+    Image.fromarray(to_rgb(image)).save(buffer, format="PNG")
+    return _publish(path, buffer)
 
 
 def write_gif(path: str | Path, frames: list[np.ndarray] | np.ndarray, fps: float = 8) -> Path:
+    """Through a temporary name and a rename (``datasets.atomic_write_bytes``): never half a video."""
+    buffer = io.BytesIO()
+    images = [Image.fromarray(to_rgb(f)) for f in frames]
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return _publish(path, buffer)
+
+
+def _publish(path, buffer: io.BytesIO) -> Path:
+    from foresight.datasets import atomic_write_bytes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(to_rgb(f)) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

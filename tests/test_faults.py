@@ -230,6 +230,29 @@ def test_training_on_a_full_disk_keeps_the_last_complete_checkpoint(tmp_path):
         assert checkpoints.verify(runs / "e") == []
         assert json.loads((runs / "e" / "checkpoint" / "state.json").read_text())["step"] == 1
 
+
+
+def test_planning_on_a_full_disk_stops_in_one_line_and_resumes_when_there_is_room(tmp_path):
+    """The suite stops at the first record that does not fit, keeping every finished task; with room again, the
+    same command resumes them and writes the same summary as an uninterrupted run."""
+    args = ["plan", str(REPO / "plan" / "point_push.toml"), "--set", "tasks=4", "--set", "steps=3", "--planners", "random",
+            "--no-progress", "--out"]
+    whole = run_foresight(*args, str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    with mounted(tmp_path / "disk", "size=16k") as disk:  # tmpfs pages of 4 kB: room for about one task
+        full = run_foresight(*args, str(disk / "out"))
+        assert full.returncode == 2 and len(full.stderr.strip().splitlines()) == 1, full.stderr
+        assert "No space left on device" in full.stderr and "intact" in full.stderr
+        finished = sorted(p.name for p in (disk / "out" / "random").glob("task-*.json"))
+        assert 1 <= len(finished) < 4 and not list((disk / "out" / "random").glob("*.tmp"))
+        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)
+        again = run_foresight(*args, str(disk / "out"))
+        assert again.returncode == 0, again.stderr
+        summary = json.loads((disk / "out" / "summary.json").read_text())
+        assert summary["random"]["resumed"] == len(finished)
+        assert untimed(summary) == untimed(json.loads((tmp_path / "whole" / "summary.json").read_text()))
+        assert gifs(disk / "out") == gifs(tmp_path / "whole")
+
 # ================================================================== environments
 
 # gymnasium's passive checker (gym.make) expects 3 channels from rgb_array; the classic systems are grey.

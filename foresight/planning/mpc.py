@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,13 +267,11 @@ def _clear(folder: Path) -> None:
 
 
 def _record(folder: Path, o: Outcome) -> None:
-    """Write a finished task: its GIF (through a temporary name and a rename, so that no half GIF is left), then
-    its record (atomically), which is what makes the task count as finished."""
+    """Write a finished task: its GIF, then its record, each atomically; the record is what makes the task count
+    as finished."""
     name, video = _task_name(o.task.index), None
     if o.video:
-        tmp = folder / f"{name}.tmp"
-        _write_gif(tmp, o.video, fps=10)
-        os.replace(tmp, folder / f"{name}.gif")
+        viz.write_gif(folder / f"{name}.gif", o.video, fps=10)  # atomic: never half a GIF
         video, o.video = f"{name}.gif", []
     record = {**o.summary(), "planner": o.planner, "video": video,
               "outcome": {"start_distance": float(o.start_distance), "final_distance": float(o.final_distance),
@@ -283,18 +280,6 @@ def _record(folder: Path, o: Outcome) -> None:
                           "model_seconds_per_replan": float(o.model_seconds_per_replan),
                           "distances": [float(d) for d in o.distances], "in_goal": [bool(i) for i in o.in_goal]}}
     evaluation.write_json(folder / f"{name}.json", record)
-
-
-def _write_gif(path: Path, frames, fps: float) -> None:
-    """``viz.write_gif`` to a name without the .gif suffix, flushed to disk before the rename."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(viz.to_rgb(f)) for f in frames]
-    with open(path, "wb") as f:
-        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _from_record(record: dict, task: Task, planner: str) -> Outcome | None:
