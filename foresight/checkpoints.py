@@ -73,10 +73,7 @@ def read_weights(path: Path, map_location="cpu"):
     path = Path(path)
     if not path.exists():
         raise ForesightError(f"{path}: missing")
-    expected = recorded_sha256(path)
-    if expected is not None and (found := sha256_of(path)) != expected:
-        raise ForesightError(f"{path}: damaged: its sha256 {found[:16]}... is not the {expected[:16]}... recorded in "
-                             f"{STATE}; not loaded")
+    _check_sha256(path, recorded_sha256(path))
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -137,9 +134,14 @@ def check(ckpt: Path) -> None:
         path = Path(ckpt) / name
         if not path.exists():
             raise ForesightError(f"{path}: missing (recorded in {STATE})")
-        if (found := sha256_of(path)) != expected:
-            raise ForesightError(f"{path}: damaged: its sha256 {found[:16]}... is not the {expected[:16]}... "
-                                 f"recorded in {STATE}; not loaded")
+        _check_sha256(path, expected)
+
+
+def _check_sha256(path: Path, expected: str | None) -> None:
+    """A file whose sha256 is not the recorded one is damaged (None: nothing recorded, nothing to check)."""
+    if expected is not None and (found := sha256_of(path)) != expected:
+        raise ForesightError(f"{path}: damaged: its sha256 {found[:16]}... is not the {expected[:16]}... recorded in "
+                             f"{STATE}; not loaded")
 
 
 def verify(run: str | Path) -> list[str]:
