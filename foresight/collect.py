@@ -96,7 +96,8 @@ class ExplorationPolicy:
             action = self.low + (unit + 1) / 2 * (self.high - self.low)
             if self.steering and self.rng.random() < self.r.steer_prob:
                 if self.rng.random() < 0.2:
-                    self.target = int(self.rng.integers(len(self.env.point_names)))
+                    # an object on the table (PointPush may park some outside the walls)
+                    self.target = int(self.rng.integers(getattr(self.env, "present", len(self.env.point_names))))
                 if self.aiming:
                     if self.rng.random() < 0.1:  # now and then a new direction: pushes of a planner's length
                         self.angle = self.rng.uniform(-math.pi, math.pi)

@@ -48,6 +48,12 @@ def check_in_image(name: str, pixels, H: int, W: int) -> np.ndarray:
     return pixels
 
 
+def in_image(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(..., 2) (row, col) pixels -> (...,) bool: inside the image. An object whose pixel is outside is not in
+    view (PointPush parks the blocks an episode does not use outside the walls): nothing to track."""
+    return (points >= 0).all(-1) & (points[..., 0] <= height - 1) & (points[..., 1] <= width - 1)
+
+
 def delta_distribution(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(B, K, 2) (row, col) pixels -> (B, K, H, W) distributions, bilinear over the four nearest pixels."""
     B, K, _ = points.shape

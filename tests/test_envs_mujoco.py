@@ -74,6 +74,7 @@ def test_image_shape_validation():
 # ---------------------------------------------------------------- both envs
 
 ENVS = [("foresight/PointPush-v0", {"objects": 1}), ("foresight/PointPush-v0", {"objects": 3}),
+        ("foresight/PointPush-v0", {"objects": 3, "min_objects": 1, "colors": "random", "block_size": [0.03, 0.05]}),
         ("foresight/ArmPush-v0", {})]
 
 

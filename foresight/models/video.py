@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from foresight.errors import ForesightError
-from foresight.pixels import delta_distribution, expected_distance
+from foresight.pixels import delta_distribution, expected_distance, in_image
 from foresight.recipes import spec
 
 TRANSFORMS = ("cdna", "dna")
@@ -410,8 +410,7 @@ class VideoPredictionModel(nn.Module):
             raise ForesightError(f"image_loss: expected 'mse' or 'l1', got {image_loss!r}")
         tracking = points is not None and track_weight > 0
         pixels = None
-        if tracking:
-
+        if tracking:  # an object out of view at the start (not in the scene) has nothing to track
             pixels = delta_distribution(points[:, num_context - 1].float(), *self.config.image_size)
         pred = self(frames, actions, states, pixels=pixels, num_context=num_context, sample_prob=sample_prob,
                     generator=generator)  # checks the shapes
@@ -432,7 +431,9 @@ class VideoPredictionModel(nn.Module):
             terms["state_mse"] = state_mse
             terms["loss"] = terms["loss"] + STATE_LOSS_WEIGHT * state_mse
         if tracking:
-            track_px = expected_distance(pred.pixels, points[:, num_context:].float()).mean()  # frames nc..T
+            d = expected_distance(pred.pixels, points[:, num_context:].float())  # (B, T + 1 - nc, K)
+            seen = in_image(points[:, num_context - 1:num_context], *self.config.image_size).expand_as(d)
+            track_px = d.mean() if seen.all() else d[seen].sum() / seen.sum().clamp_min(1)
             terms["track_px"] = track_px
             terms["loss"] = terms["loss"] + track_weight * track_px
         return terms
