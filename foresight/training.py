@@ -188,7 +188,10 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
         start = checkpoint_dir(init)
         if start is None:
             raise ForesightError(f"{source}: key 'train.init': {init} is not a training run with a checkpoint")
-        load_state_dict(model, start / "model.pt")
+        if hasattr(learner, "init_weights"):  # a learner that starts from other runs too (stochastic from video)
+            learner.init_weights(model, init, f"{source}: key 'train.init'")
+        else:
+            load_state_dict(model, start / "model.pt")
     net = LossModule(model)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)

@@ -5,8 +5,10 @@ trains and validates on, computes the loss of a batch, its validation figures, i
 ``foresight eval`` reports, and what a finished run adds to its folder. ``foresight.training`` runs the loop;
 ``load_run`` brings a trained run back as its model and learner (for evaluation, planning, collection).
 
-    video   CDNA / DNA / SNA video prediction (``learners.video.VideoLearner``)
-    e2c     Embed to Control and its VAE baseline (``learners.e2c.E2CLearner``)
+    video             CDNA / DNA / SNA video prediction (``learners.video.VideoLearner``)
+    stochastic_video  SV2P: the video model with a latent, a posterior and a KL term
+                      (``learners.stochastic.StochasticVideoLearner``)
+    e2c               Embed to Control and its VAE baseline (``learners.e2c.E2CLearner``)
 """
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ from foresight.checkpoints import check, checkpoint_dir, load_state_dict
 from foresight.errors import ForesightError
 from foresight.learners.base import Learner, Picture, TrainSettings
 from foresight.learners.e2c import E2CLearner
+from foresight.learners.stochastic import StochasticVideoLearner
 from foresight.learners.video import VideoLearner
 
-LEARNERS: dict[str, type[Learner]] = {"video": VideoLearner, "e2c": E2CLearner}
+LEARNERS: dict[str, type[Learner]] = {"video": VideoLearner, "stochastic_video": StochasticVideoLearner,
+                                      "e2c": E2CLearner}
 
-__all__ = ["LEARNERS", "E2CLearner", "Learner", "Picture", "TrainSettings", "VideoLearner", "learner_from_resolved",
-           "load_run", "make_learner"]
+__all__ = ["LEARNERS", "E2CLearner", "Learner", "Picture", "StochasticVideoLearner", "TrainSettings", "VideoLearner",
+           "learner_from_resolved", "load_run", "make_learner"]
 
 
 def make_learner(table: dict, settings: TrainSettings, shapes: dict, source: str) -> Learner:

@@ -58,7 +58,11 @@ Picture = np.ndarray | list[np.ndarray]  # one image (H, W, 3), or the frames of
 
 
 class Learner(Protocol):
-    """The model-specific part of training; ``foresight.training.train`` knows nothing else of a model."""
+    """The model-specific part of training; ``foresight.training.train`` knows nothing else of a model.
+
+    An optional hook, not part of the protocol: ``init_weights(model, run, where)``, when a learner has it, loads
+    ``train.init``'s run into the model in place of a plain state-dict load (the stochastic video learner starts
+    from a deterministic video run); its errors name ``where``."""
 
     kind: str  # the recipe's model.kind
     config: Any  # the model's config dataclass, stored as recipe.json's "model_config"
