@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="visual MPC: move designated pixels to goal pixels (a suite, or one task)")
     pl.add_argument("suite", nargs="?", help="a task suite, e.g. plan/point_push.toml")
-    pl.add_argument("--model", help="a trained run: a video model (designated pixels, goal images) or a latent "
-                                    "model (goal images), e.g. pretrained/plan_point_push")
+    pl.add_argument("--model", nargs="+", help="a trained run: a video model (designated pixels, goal images) or a "
+                                               "latent model (goal images), e.g. pretrained/plan_point_push; several "
+                                               "video runs plan as an ensemble")
     pl.add_argument("--planners", help="comma-separated: model, oracle, random; goal-image suites also cem, ilqr "
                                        "(default: the model's planners + the suite's baselines)")
     pl.add_argument("--out", help="results folder (default: <suite folder>/results/<name>)")
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--goal", help="single task: goal pixels 'row,col[;row,col]'")
     pl.add_argument("--workers", type=int, default=1, help="suite: run tasks in this many processes (1 thread each)")
     pl.add_argument("--no-progress", action="store_true")
+    pl.add_argument("--heldout", action="store_true", help="suite: run its held-out twin (the suite's settings on "
+                                                           "the tasks of its heldout_seed), results in <name>_heldout")
     pl.add_argument("--fresh", action="store_true", help="suite: clear the results folder's task records and run "
                                                          "every task (default: keep the finished tasks of an "
                                                          "earlier run with the same settings)")
@@ -148,6 +151,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _models_resolved(runs) -> dict:
+    """What run.json records of the --model runs (one run as before: a path and its sha256)."""
+    if not runs:
+        return {"model": None, "model_sha256": None}
+    if len(runs) == 1:
+        return {"model": str(runs[0]), "model_sha256": model_sha256(runs[0])}
+    return {"model": [str(r) for r in runs], "model_sha256": [model_sha256(r) for r in runs]}
+
+
 def cmd_plan(args) -> int:
     from foresight import pixels, recipes, viz
     from foresight.envs import make_env
@@ -157,6 +169,8 @@ def cmd_plan(args) -> int:
     if args.suite:
         suite = suites.load(args.suite, args.set)
         source = args.suite
+        if args.heldout:
+            suite = suites.heldout(suite, source)
         out = Path(args.out) if args.out else Path(args.suite).parent / "results" / suite.name
     elif args.env:
         if not (args.designated and args.goal):
@@ -200,8 +214,7 @@ def cmd_plan(args) -> int:
     if args.workers < 1:
         raise ForesightError(f"--workers: expected an integer >= 1, got {args.workers}")
     summary = mpc.run_suite(suite, out, model, names, source, args.videos, not args.no_progress, workers=args.workers,
-                            resolved={**recipes.to_dict(suite), "model": str(args.model) if args.model else None,
-                                      "model_sha256": model_sha256(args.model) if args.model else None},
+                            resolved={**recipes.to_dict(suite), **_models_resolved(args.model)},
                             resume=not getattr(args, "fresh", False))  # finished tasks of a killed run are kept
     for p in names:
         s = summary[p]

@@ -266,3 +266,33 @@ def test_the_benchmarks_cost_is_the_planners_for_every_term(env, monkeypatch):
         mine = planner.cost.parts(planner.rollouts(planner.cem.expand(decisions)))
         for term in parts:
             torch.testing.assert_close(mine[term], parts[term], rtol=0, atol=0)
+
+
+def test_heldout_twin_is_the_same_suite_on_other_tasks(env):
+    s = suite(tasks=4, heldout_seed=7)
+    twin = suites.heldout(s, "plan/x.toml")
+    assert (twin.name, twin.seed) == ("tiny_heldout", 7)
+    assert dataclasses.replace(twin, name=s.name, seed=s.seed) == s  # nothing else changes
+    seeds = {t.seed for t in suites.make_tasks(s, env)}
+    assert not seeds & {t.seed for t in suites.make_tasks(twin, env)}
+    with pytest.raises(ForesightError, match=r"^plan/x.toml: key 'heldout_seed': this suite has no held-out twin"):
+        suites.heldout(suite(), "plan/x.toml")
+    with pytest.raises(ForesightError, match="heldout_seed"):
+        suite(heldout_seed=TINY["seed"])
+
+
+def test_approach_pulls_the_agent_to_the_first_object_not_yet_home():
+    """Two objects: the first is home (within success_px), so only the second's push point pulls the agent."""
+    from foresight.planning.costs import Approach, Rollout
+
+    goals = np.array([[10.0, 10.0], [40.0, 40.0]])
+    now = np.array([[10.0, 11.0], [40.0, 25.0]], np.float32)  # object 0 is 1 px from its goal, object 1 15 px
+    push = np.array([[10.0, 11.0 + 9.0], [40.0, 25.0 - 9.0]])  # 9 px behind each, away from its goal
+    objects = torch.as_tensor(now)[None, None].expand(2, 1, 2, 2)
+    agents = torch.as_tensor(push, dtype=torch.float32)[:, None]  # plan 0 ends at object 0's push point, plan 1 at 1's
+    r = Rollout(actions=torch.zeros(2, 1, 2), points=objects, now=now, agent_path=lambda a: agents.numpy())
+    ordered = Approach(goals, 9.0, 1.0, 1.0, done=3.0)(r)
+    assert ordered[1] == pytest.approx(0.0, abs=1e-5) and ordered[0] > 20  # object 1 is the one to reach
+    every = Approach(goals, 9.0, 1.0, 1.0)(r)  # without an order: both objects pull (object 0 faded to 1/9)
+    gap = float(np.linalg.norm(push[0] - push[1]))
+    np.testing.assert_allclose(every.numpy(), [gap, gap / 9], rtol=1e-5)

@@ -55,6 +55,9 @@ class CostSettings:
                                             "when no plan moves the object")
     last_weight: float = spec(10.0, min=0.0, help="weight of the plan's last step in every step-weighted term "
                                                   "(the others 1)")
+    spread: float = spec(0.0, min=0.0, help="several predictions of each plan (an ensemble's members, a stochastic "
+                                            "model's latent draws): its cost is their mean plus this many standard "
+                                            "deviations (0 = the mean; > 0 shuns plans the predictions disagree on)")
     approach_px: float = spec(9.0, above=0.0, help="approach: how far behind the object's centre the push point "
                                                    "lies (camera pixels), a little more than the agent's and the "
                                                    "object's half-widths, so that waiting there does not push")
@@ -101,6 +104,7 @@ class CostContext:
     camera_size: tuple[int, int] | None = None  # (H, W)
     half: np.ndarray | None = None  # (A,)
     goal_frame: torch.Tensor | None = None  # (C, h, w) float in [0, 1]
+    success_px: float | None = None  # camera pixels: an object this near its goal is done (the approach term's order)
 
     def to_rollout(self, points) -> np.ndarray:
         """Camera pixels -> the rollouts' pixels."""
@@ -138,11 +142,13 @@ class DesignatedPixels:
 
 
 class Approach:
-    """The agent's distance from where it must be to push each object toward its goal.
+    """The agent's distance from where it must be to push an object toward its goal.
 
     The push point of object k is ``offset`` pixels behind it, on the side away from its goal (the direction taken
     from where it is now); each step's term is the agent's distance from it, faded by min(1, |now_k - goal_k| /
-    offset) so that it lets go as the object arrives, summed over objects and weighted over steps.
+    offset) so that it lets go as the object arrives, weighted over steps. With several objects the agent cannot be
+    behind all of them: the term pulls it to the first object, in the designated order, that is not yet within
+    ``done`` pixels of its goal (the suite's success_px), then to the next (without ``done``: to every object).
 
     Not in visual foresight's cost, but the reaching term of gymnasium's Pusher reward (hand to object) aimed at the
     object's far side: the designated-pixel cost says nothing until a predicted push moves the object, so when the
@@ -150,15 +156,16 @@ class Approach:
     round the object. This term does, and it stays near zero while the agent pushes from behind.
     """
 
-    def __init__(self, goals: np.ndarray, offset: float, weight: float, last_weight: float):
+    def __init__(self, goals: np.ndarray, offset: float, weight: float, last_weight: float, done: float | None = None):
         self.goals = torch.as_tensor(goals, dtype=torch.float32)  # (K, 2)
-        self.offset, self.weight, self.last_weight = offset, weight, last_weight
+        self.offset, self.weight, self.last_weight, self.done = offset, weight, last_weight, done
 
     @classmethod
     def build(cls, settings: CostSettings, context: CostContext):
         scale = context.image_size[0] / context.camera_size[0]
+        done = None if context.success_px is None else context.success_px * scale
         return cls(context.to_rollout(np.asarray(context.goals, np.float32)), settings.approach_px * scale,
-                   settings.approach, settings.last_weight)
+                   settings.approach, settings.last_weight, done)
 
     def __call__(self, r: Rollout) -> torch.Tensor:
         objects, agent = r.objects, r.agent  # (N, T, K, 2), (N, T, 2)
@@ -166,6 +173,10 @@ class Approach:
         distance = away.norm(dim=-1, keepdim=True)  # (K, 1)
         push = objects + self.offset * away / distance.clamp_min(1e-6)  # (N, T, K, 2) push points
         fade = (distance[:, 0] / self.offset).clamp(max=1.0)  # (K,)
+        if len(fade) > 1 and self.done is not None:
+            left = (distance[:, 0] > self.done).nonzero()
+            if len(left):  # only the first object still to be pushed pulls the agent
+                fade = fade * (torch.arange(len(fade)) == left[0, 0])
         per_step = ((agent[:, :, None] - push).norm(dim=-1) * fade).sum(-1)  # (N, T)
         return self.weight * (per_step * step_weights(agent.shape[1], self.last_weight)).sum(1)
 
@@ -229,21 +240,30 @@ TERMS = {"designated_pixels": DesignatedPixels, "approach": Approach, "goal_dist
 
 
 class Cost:
-    """The sum of a suite's weighted terms, in ``TERMS`` order: rollouts -> (N,) costs."""
+    """The sum of a suite's weighted terms, in ``TERMS`` order: rollouts -> (N,) costs. Given several rollouts of
+    the same plans (particles: an ensemble's members, a stochastic model's latent draws), the cost of each plan is
+    the particles' mean plus ``spread`` standard deviations (PETS's trajectory sampling, Chua et al. 2018)."""
 
-    def __init__(self, terms: dict):
-        self.terms = terms  # name -> term
+    def __init__(self, terms: dict, spread: float = 0.0):
+        self.terms, self.spread = terms, spread  # name -> term
 
-    def __call__(self, rollout: Rollout) -> torch.Tensor:
+    def _sum(self, rollout: Rollout) -> torch.Tensor:
         total = None
         for term in self.terms.values():
             c = term(rollout)
             total = c if total is None else total + c
         return total
 
-    def parts(self, rollout: Rollout) -> dict[str, torch.Tensor]:
-        """Each term's (N,) costs, for diagnostics."""
-        return {name: term(rollout) for name, term in self.terms.items()}
+    def __call__(self, rollout: Rollout | list[Rollout]) -> torch.Tensor:
+        if isinstance(rollout, Rollout):
+            return self._sum(rollout)
+        per = torch.stack([self._sum(r) for r in rollout])  # (P, N)
+        return per.mean(0) + self.spread * per.std(0, correction=0) if self.spread else per.mean(0)
+
+    def parts(self, rollout: Rollout | list[Rollout]) -> dict[str, torch.Tensor]:
+        """Each term's (N,) costs (over particles, their mean), for diagnostics."""
+        rollouts = [rollout] if isinstance(rollout, Rollout) else rollout
+        return {name: torch.stack([term(r) for r in rollouts]).mean(0) for name, term in self.terms.items()}
 
     @property
     def uses_agent(self) -> bool:
@@ -260,4 +280,4 @@ def build_cost(settings: CostSettings, context: CostContext, allowed=tuple(TERMS
                                  f"(it can use: {', '.join(allowed)})")
     if not names:
         raise ForesightError(f"{where}: key 'cost': no term has a weight > 0 (terms: {', '.join(TERMS)})")
-    return Cost({name: TERMS[name].build(settings, context) for name in names})
+    return Cost({name: TERMS[name].build(settings, context) for name in names}, settings.spread)

@@ -27,9 +27,10 @@ from foresight.planning.cem import CEM, repeat_actions
 from foresight.planning.suites import PLANNERS
 from foresight.planning.costs import CostContext, build_cost
 from foresight.planning.latent import ILQRPlanner, LatentModel, LatentRollouts
-from foresight.planning.video import VideoPredictor, VideoRollouts
+from foresight.planning.video import VideoEnsemble, VideoPredictor, VideoRollouts
 
-MODEL_PLANNERS = {"model": VideoPredictor, "cem": LatentModel, "ilqr": LatentModel}  # the model each plans with
+VIDEO = (VideoPredictor, VideoEnsemble)
+MODEL_PLANNERS = {"model": VIDEO, "cem": LatentModel, "ilqr": LatentModel}  # the model each plans with
 
 
 class RandomPlanner:
@@ -111,10 +112,12 @@ def make(name: str, suite, env, task, obs, model=None):
         return RandomPlanner(low, high, suite.cem.repeat, np.random.default_rng([suite.seed, task.index, 7]))
     H, W = obs.shape[:2]
     if suite.kind == "designated_pixels":
-        rollouts = VideoRollouts(model, env, task, obs, suite.mpc.track, suite.mpc.amp) if name == "model" \
+        m = suite.mpc
+        rollouts = VideoRollouts(model, env, task, obs, m.track, m.amp, m.latent_samples) if name == "model" \
             else oracle.SimulatorPixels(env, suite, task)
         size = model.image_size if name == "model" else (H, W)
-        context = CostContext(goals=task.goals, image_size=size, camera_size=(H, W), half=(high - low) / 2)
+        context = CostContext(goals=task.goals, image_size=size, camera_size=(H, W), half=(high - low) / 2,
+                              success_px=suite.success_px)
         cost = build_cost(suite.cost, context, ("designated_pixels", "approach", "effort"))
         return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost)
     if name == "model":  # a video model toward a goal image
@@ -133,12 +136,21 @@ def make(name: str, suite, env, task, obs, model=None):
 
 
 def load_model(run):
-    """A trained run as the planners use it: a video model's ``VideoPredictor``, or a latent model's
-    ``LatentModel``; either knows the environment its training data came from (``trained_env``)."""
+    """A trained run as the planners use it: a video model's ``VideoPredictor`` (deterministic or stochastic), or a
+    latent model's ``LatentModel``; either knows the environment its training data came from (``trained_env``).
+    Several runs (a list) make a ``VideoEnsemble`` of video models."""
     from foresight.learners import load_run
 
+    if isinstance(run, (list, tuple)):
+        if len(run) == 1:
+            return load_model(run[0])
+        members = [load_model(r) for r in run]
+        for r, m in zip(run, members):
+            if not isinstance(m, VideoPredictor) or m.latent_dim:
+                raise ForesightError(f"--model: {r}: an ensemble is made of deterministic video models")
+        return VideoEnsemble(members)
     model, learner, resolved, _ = load_run(run)
     trained = resolved.get("dataset", {}).get("env")
-    if learner.kind == "video":
+    if learner.kind in ("video", "stochastic_video"):
         return VideoPredictor(model, learner.settings.context, trained_env=trained)
     return LatentModel(model, trained_env=trained)

@@ -12,6 +12,7 @@ images, the goal image and state. Task i is a pure function of (suite, i).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -41,6 +42,20 @@ def _unknown_planners(suite):
             return
 
 
+def _heldout_seed(suite):
+    if suite.heldout_seed and suite.heldout_seed == suite.seed:
+        yield "heldout_seed", f"a seed other than seed = {suite.seed} (the twin's tasks must be other tasks)"
+
+
+def heldout(suite, source: str = "suite"):
+    """The suite's held-out twin: the same settings on the tasks of ``heldout_seed``, named <name>_heldout. Its
+    figures are the ones to report: the settings were chosen looking at the suite's own tasks, never at these."""
+    if not suite.heldout_seed:
+        raise ForesightError(f"{source}: key 'heldout_seed': this suite has no held-out twin (set heldout_seed to a "
+                             f"seed other than seed = {suite.seed})")
+    return dataclasses.replace(suite, name=f"{suite.name}_heldout", seed=suite.heldout_seed)
+
+
 @dataclass(frozen=True)
 class MPCSettings:
     replan_every: int = spec(3, min=1, help="environment steps executed between plans")
@@ -50,6 +65,8 @@ class MPCSettings:
                            "it in the camera frame (planning.tracking, images only); 'true' restarts it at the "
                            "simulator's object pixel (for comparison)")
     amp: str = spec("off", choices=("off", "bf16"), help="bf16 autocast for the model's predictions")
+    latent_samples: int = spec(4, min=1, help="a stochastic video model: its latent draws (once per task) that every "
+                                              "plan is predicted under, the cost aggregated over them (cost.spread)")
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,8 @@ class DesignatedPixelSuite:
     kind: str = spec("designated_pixels", choices=("designated_pixels",), help="the kind of task")
     tasks: int = spec(50, min=1)
     seed: int = spec(0, min=0)
+    heldout_seed: int = spec(0, min=0, help="the held-out twin's seed (0 = none): `foresight plan --heldout` runs the "
+                                            "same suite on these other tasks, which no setting was tuned on")
     steps: int = spec(45, min=1, help="environment steps per task")
     designated: int = spec(1, min=1, help="how many objects (the first ones) are designated")
     goal: str = spec("offset", choices=("offset", "env"),
@@ -75,6 +94,7 @@ class DesignatedPixelSuite:
     cost: CostSettings = spec(CostSettings(designated_pixels=1.0), help="the planner's cost terms and weights")
 
     def checks(self):
+        yield from _heldout_seed(self)
         if self.goal_min_px > self.goal_max_px:
             yield "goal_min_px", f"at most goal_max_px ({self.goal_max_px})"
         yield from _unknown_planners(self)
@@ -91,6 +111,8 @@ class GoalImageSuite:
     kind: str = spec("goal_image", choices=("goal_image",), help="the kind of task")
     tasks: int = spec(10, min=1, help="start-goal pairs")
     seed: int = spec(0, min=0)
+    heldout_seed: int = spec(0, min=0, help="the held-out twin's seed (0 = none): `foresight plan --heldout` runs the "
+                                            "same suite on these other tasks, which no setting was tuned on")
     steps: int = spec(40, min=1, help="environment steps per task")
     env_kwargs: dict = spec({})
     start_low: tuple[float, ...] = spec((), help="start states uniform in [start_low, start_high]; "
@@ -113,6 +135,7 @@ class GoalImageSuite:
     ilqr: ILQRSettings = spec(ILQRSettings())
 
     def checks(self):
+        yield from _heldout_seed(self)
         if len(self.start_low) != len(self.start_high):
             yield "start_high", f"as many numbers as start_low ({len(self.start_low)})"
         elif any(lo > hi for lo, hi in zip(self.start_low, self.start_high)):
