@@ -1,0 +1,141 @@
+"""Planning models beyond one block, side by side: the deterministic clutter model, an ensemble of such models
+(PETS-style cost over members), and the stochastic (SV2P-style) model, on every PointPush suite and its
+held-out twin.
+
+Writes benchmarks/results/models.json: per model kind, the validation figures (``foresight eval`` on the clutter
+data: PSNR / SSIM gain over copy-last, designated-pixel tracking error ÷ static) and per suite (keyed by its name)
+``success``, ``success_oracle``, ``final_over_start``, ``seconds_per_replan`` on the suite's tasks (the ones its
+settings were chosen on) and, under ``heldout``, the same on its held-out twin (``foresight plan --heldout``:
+other seeds, never looked at while tuning; the figures to report).
+
+Steps (every planning run is a `foresight plan` into benchmarks/results/models/, which resumes finished tasks):
+  1. the runs each kind needs, trained when missing (--reuse keeps existing runs): deterministic
+     train/plan_point_push_clutter.toml; ensemble that run and --members - 1 more with other seeds
+     (train.seed = 1, 2, ...: other data order; named <run>_seed<k>); stochastic train/sv2p_point_push_clutter.toml;
+  2. the oracle and random actions once per suite and twin (they need no model);
+  3. each kind's model planner on each suite and twin, --tasks tasks (the first ones), --workers processes.
+
+    python benchmarks/models.py [--reuse] [--kinds deterministic,ensemble,stochastic] [--suites ...]
+                                [--twins tuning,heldout] [--tasks 50] [--workers 2] [--members 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from runs import EXE, REPO, sh, trained_run  # noqa: E402
+
+KINDS = {"deterministic": "train/plan_point_push_clutter.toml", "ensemble": "train/plan_point_push_clutter.toml",
+         "stochastic": "train/sv2p_point_push_clutter.toml"}
+DATA = "data/point_push_clutter.toml"
+SUITES = ("point_push", "point_push_2obj", "point_push_clutter")
+OUT = HERE / "results" / "models"
+
+
+def member_run(recipe: str, seed: int, reuse: bool) -> Path:
+    """The ensemble member trained with ``train.seed = seed`` (seed 0 is the recipe's own run)."""
+    from foresight import recipes, training
+    from foresight.checkpoints import checkpoint_dir
+
+    path = REPO / recipe
+    run = training.resolve_paths(recipes.load(training.TrainRecipe, path), path)[1]
+    member = run.with_name(f"{run.name}_seed{seed}")
+    if not (reuse and checkpoint_dir(member)):
+        sh(EXE, "train", str(path), "--set", f"name='{member.name}'", "--set", f"train.seed={seed}", "--no-progress")
+    return member
+
+
+def models_of(kind: str, args) -> list[Path]:
+    run, _ = trained_run(KINDS[kind], DATA, args.reuse, args.workers)
+    if kind != "ensemble":
+        return [run]
+    return [run] + [member_run(KINDS[kind], k, args.reuse) for k in range(1, args.members)]
+
+
+def plan(suite: str, twin: str, out: Path, planners: str, models: list[Path], args) -> dict:
+    """One `foresight plan` of a suite (or its held-out twin); its summary.json."""
+    cmd = [EXE, "plan", str(REPO / "plan" / f"{suite}.toml"), "--planners", planners, "--out", str(out),
+           "--workers", str(args.workers), "--videos", "4", "--no-progress", "--set", f"tasks={args.tasks}"]
+    if twin == "heldout":
+        cmd.append("--heldout")
+    if models:
+        cmd += ["--model", *map(str, models)]
+    sh(*cmd)
+    return json.loads((out / "summary.json").read_text())
+
+
+def evaluate(models: list[Path], out: Path, windows: int) -> dict:
+    """Validation figures on the clutter data; an ensemble's are its members' means."""
+    keys = ("psnr_gain_db", "psnr_gain_min_db", "tracking_error", "tracking_error_static", "tracking_ratio")
+    rows = []
+    for k, run in enumerate(models):
+        where = out / f"eval{k}"
+        sh(EXE, "eval", str(run), "--data", str(REPO / "data" / "point_push_clutter"), "--out", str(where),
+           "--max-windows", str(windows))
+        e = json.loads((where / "eval.json").read_text())
+        ssim_gain = sum(e["ssim"]) / len(e["ssim"]) - sum(e["ssim_copy_last"]) / len(e["ssim_copy_last"])
+        rows.append({**{k: e[k] for k in keys}, "ssim_gain": ssim_gain})  # SSIM per step: their mean
+    return {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in rows[0]}
+
+
+def figures(summary: dict, planner: str) -> dict:
+    s = summary[planner]
+    return {"tasks": s["tasks"], "success": s["success"], "success_ci95": s["success_ci95"],
+            "final_over_start": s["final_over_start"], "seconds_per_replan": s["seconds_per_replan"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reuse", action="store_true", help="keep trained runs that exist")
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--suites", default=",".join(SUITES))
+    ap.add_argument("--twins", default="tuning,heldout", help="tuning: the suite's own tasks; heldout: its twin's")
+    ap.add_argument("--tasks", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--members", type=int, default=3, help="ensemble members")
+    ap.add_argument("--eval-windows", type=int, default=600)
+    ap.add_argument("--out", default=str(HERE / "results" / "models.json"))
+    args = ap.parse_args()
+
+    import foresight  # noqa: F401
+    from foresight import evaluation
+
+    kinds, suites, twins = args.kinds.split(","), args.suites.split(","), args.twins.split(",")
+    path = Path(args.out)
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result.update({"date": date.today().isoformat(), "machine": evaluation.machine(1),
+                   "command": "python " + " ".join(sys.argv), "data": DATA})
+    baselines = result.setdefault("baselines", {})
+    for suite in suites:
+        for twin in twins:
+            name = suite if twin == "tuning" else f"{suite}_heldout"
+            summary = plan(suite, twin, OUT / "baselines" / name, "oracle,random", [], args)
+            baselines[name] = {p: figures(summary, p) for p in ("oracle", "random")}
+            evaluation.write_json(path, result)
+    for kind in kinds:
+        models = models_of(kind, args)
+        entry = result.setdefault("kinds", {}).setdefault(kind, {})
+        entry["runs"] = [str(m.relative_to(REPO)) for m in models]
+        entry["eval"] = evaluate(models, OUT / kind, args.eval_windows)
+        for suite in suites:
+            row = entry.setdefault("suites", {}).setdefault(suite, {})
+            for twin in twins:
+                name = suite if twin == "tuning" else f"{suite}_heldout"
+                fig = figures(plan(suite, twin, OUT / kind / name, "model", models, args), "model")
+                fig["success_oracle"] = baselines[name]["oracle"]["success"]
+                fig["success_random"] = baselines[name]["random"]["success"]
+                if twin == "tuning":
+                    row.update(fig)
+                else:
+                    row["heldout"] = fig
+                evaluation.write_json(path, result)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
