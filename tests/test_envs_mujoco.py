@@ -408,3 +408,21 @@ def test_point_push_pusher_path_follows_the_simulated_pusher(make):
     # walls: a long push into one stops at it
     far = point_push.pusher_path(info["state"], np.ones((1, 40, 2)), 64, 64, action_repeat=3)
     np.testing.assert_allclose(far[0, -1], far[0, -2])
+
+
+def test_point_push_pusher_path_comes_back_from_a_wall(make):
+    """Driven into a wall and back, the path follows the simulated pusher: a wall stops it, and the next action
+    moves it from where it stopped (not from where the commands alone would have taken it). Full speed from rest,
+    the servo's lag is up to ~2 px; the commands alone would put the pusher ~35 px behind the wall."""
+    env = make("foresight/PointPush-v0", action_repeat=3)
+    u = env.unwrapped
+    env.reset(seed=0)
+    u.data.qpos[:5] = [0.0, 0.1, 0.15, -0.15, 0.0]  # the pusher mid-table, the block far from its path
+    point_push.mujoco.mj_forward(u.model, u.data)
+    state = np.concatenate([u.data.qpos, u.data.qvel]).astype(np.float32)
+    actions = np.array([[-1.0, 0.0]] * 8 + [[1.0, 0.0]] * 3)[None]  # 8 x 7.5 px left reaches the wall; back
+    path = point_push.pusher_path(state, actions, 64, 64, action_repeat=3)
+    for t, a in enumerate(actions[0]):
+        _, _, _, _, info = env.step(a.astype(np.float32))
+        true = point_push.pusher_pixels(info["state"], 64, 64)[0]
+        assert np.hypot(*(path[0, t] - true)) < 2.5, (t, path[0, t], true)

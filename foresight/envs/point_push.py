@@ -129,8 +129,10 @@ def pusher_path(state, actions, height: int, width: int, action_repeat: int = 1)
     camera), for planner costs about where the agent goes (the approach cost term)."""
     actions = np.clip(np.asarray(actions, dtype=np.float64), -1, 1)
     step = MAX_SPEED * TIMESTEP * FRAME_SKIP * action_repeat
-    xy = np.asarray(state, dtype=np.float64)[:2] + np.cumsum(actions * step, axis=-2)  # (N, T, 2)
-    xy = np.clip(xy, -ARENA + PUSHER, ARENA - PUSHER)
+    xy = np.empty(actions.shape)  # (N, T, 2)
+    at = np.broadcast_to(np.asarray(state, dtype=np.float64)[:2], actions.shape[:-2] + (2,))
+    for t in range(actions.shape[-2]):  # a wall stops the pusher; the next action moves it from there
+        at = xy[..., t, :] = np.clip(at + actions[..., t, :] * step, -ARENA + PUSHER, ARENA - PUSHER)
     return pusher_pixels(xy, height, width)[..., 0, :]  # pusher_pixels reads a state's first two entries only
 
 
