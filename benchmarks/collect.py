@@ -31,11 +31,13 @@ def foresight_fps(recipe_toml: Path, episodes: int, workers: int, overrides: lis
         start = time.perf_counter()
         collect.collect(recipe, out / "d", workers=workers, progress=False)
         seconds = time.perf_counter() - start
-        moved = sum(s["moved"] for s in json.loads((out / "d" / "manifest.json").read_text())["shards"])
+        shards = json.loads((out / "d" / "manifest.json").read_text())["shards"]
+        moved, several = sum(s["moved"] for s in shards), sum(s["moved_several"] for s in shards)
     finally:
         shutil.rmtree(out)
     frames = episodes * (recipe.steps + 1)
-    return {"fps": frames / seconds, "frames": frames, "seconds": seconds, "moved_fraction": moved / episodes}
+    return {"fps": frames / seconds, "frames": frames, "seconds": seconds, "moved_fraction": moved / episodes,
+            "moved_several_fraction": several / episodes}
 
 
 def _gym_default_worker(steps: int) -> float:
@@ -73,6 +75,7 @@ def main() -> None:
     repo = HERE.parent
     point = foresight_fps(repo / "data" / "point_push.toml", args.episodes, args.workers, [])
     arm = foresight_fps(repo / "data" / "arm_push.toml", args.episodes, args.workers, [])
+    clutter = foresight_fps(repo / "data" / "point_push_clutter.toml", args.episodes, args.workers, [])
     point_1 = foresight_fps(repo / "data" / "point_push.toml", args.episodes // 2, 1, [])
     gym_default = gymnasium_default_fps(args.gym_steps, args.workers)
     result = {
@@ -80,12 +83,15 @@ def main() -> None:
         "point_push_fps": round(point["fps"], 1),
         "point_push_fps_1_worker": round(point_1["fps"], 1),
         "point_push_moved_fraction": round(point["moved_fraction"], 3),
+        "point_push_clutter_fps": round(clutter["fps"], 1),
+        "point_push_clutter_moved_fraction": round(clutter["moved_fraction"], 3),
+        "point_push_clutter_moved_several_fraction": round(clutter["moved_several_fraction"], 3),
         "arm_push_fps": round(arm["fps"], 1),
         "arm_push_moved_fraction": round(arm["moved_fraction"], 3),
         "gymnasium_default_fps": round(gym_default["fps"], 1),
         "arm_push_ratio": round(arm["fps"] / gym_default["fps"], 1),
         "targets": {"point_push_fps": ">= 500", "arm_push_ratio": ">= 10"},
-        "details": {"point_push": point, "point_push_1_worker": point_1, "arm_push": arm,
+        "details": {"point_push": point, "point_push_1_worker": point_1, "arm_push": arm, "point_push_clutter": clutter,
                     "gymnasium_default": gym_default},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ as the simulator gives it. A model that plans well promises about what it delive
 question: "oracle_plan_above_rest" is the share of tasks in which the model's cost of the oracle's plan is above
 its cost of resting (zero actions): there no amount of sampling finds the oracle's plan, the model is the limit.
 
-    python benchmarks/plan_model_errors.py [--model train/runs/plan_point_push] [--tasks 20] [--set cem.samples=50]
+    python benchmarks/plan_model_errors.py [--model RUN [RUN ...]] [--suite plan/x.toml] [--tasks 20] [--set cem.samples=50]
 
 Writes benchmarks/results/plan_model_errors.json.
 """
@@ -51,7 +51,8 @@ def first_replan(suite, env, task, predictor):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="pretrained/plan_point_push", help="a run folder (relative to the repository)")
+    ap.add_argument("--model", nargs="+", default=["pretrained/plan_point_push"],
+                    help="a run folder (relative to the repository); several plan as an ensemble")
     ap.add_argument("--suite", default=str(REPO / "plan" / "point_push.toml"))
     ap.add_argument("--tasks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
@@ -65,7 +66,7 @@ def main() -> None:
     from foresight.planning import planners, suites
 
     torch.set_num_threads(args.threads)
-    predictor = planners.load_model(REPO / args.model)
+    predictor = planners.load_model([REPO / m for m in args.model])
     suite = suites.load(args.suite, args.set)
     env = make_env(suite.env, suite.env_kwargs, args.suite)
     predictor.check_env(suite.env, suite.env_kwargs, env, args.suite)
@@ -83,7 +84,8 @@ def main() -> None:
         for name, planner in (("model_plan", model), ("oracle_plan", oracle)):
             plan = planner.cem.expand(planner.cem.plan(planner.score).best)[None]  # a fresh search each: no warm start
             rollout = model.rollouts(plan)
-            centre = pixels.centre_of_mass(rollout.dists[0, -1])  # (K, 2) model pixels
+            particles = rollout if isinstance(rollout, list) else [rollout]  # an ensemble's members, latent draws
+            centre = torch.stack([pixels.centre_of_mass(r.dists[0, -1]) for r in particles]).mean(0)  # (K, 2)
             predicted = torch.as_tensor(pixels.scale_points(centre.numpy(), (h, w), (H, W)))
             true = torch.as_tensor(env.unwrapped.rollout_points(plan.numpy()))[0, -1, :len(goals)]
             row[name] = {"promised_px": round(start - float((predicted - goals).norm(dim=-1).mean()), 3),
@@ -98,7 +100,7 @@ def main() -> None:
 
     result = {"date": date.today().isoformat(),
               "machine": evaluation.machine(args.threads),
-              "model": args.model,
+              "model": args.model[0] if len(args.model) == 1 else args.model,
               "suite": str(Path(args.suite).name), "overrides": args.set, "tasks": len(per_task)}
     for plan in ("model_plan", "oracle_plan"):
         result[plan] = {k: mean(plan, k) for k in ("promised_px", "delivered_px", "final_error_px")}

@@ -278,7 +278,7 @@ def cmd_data_info(args) -> int:
     print(f"actions      range {space['low']} .. {space['high']}; seen {info['actions_seen']['min']} .. "
           f"{info['actions_seen']['max']}")
     print(f"moved        {100 * info['moved_fraction']:.1f}% of episodes moved an object >= "
-          f"{info['moved_threshold_px']:g} px")
+          f"{info['moved_threshold_px']:g} px, {100 * info['moved_several_fraction']:.1f}% two or more")
     return 0
 
 

@@ -206,9 +206,9 @@ def _resolve_planner(recipe: CollectRecipe, env: gym.Env, source: str) -> Collec
     return dataclasses.replace(recipe, policy=dataclasses.replace(p, suite=str(suite_path), model=model))
 
 
-def object_moved(points: np.ndarray, threshold: float = MOVED_PX) -> bool:
-    """Did any tracked point get ``threshold`` pixels from where it started? points: (T+1, K, 2)."""
-    return bool(np.linalg.norm(points - points[:1], axis=-1).max() >= threshold)
+def objects_moved(points: np.ndarray, threshold: float = MOVED_PX) -> int:
+    """How many tracked points got ``threshold`` pixels from where they started? points: (T+1, K, 2)."""
+    return int((np.linalg.norm(points - points[:1], axis=-1).max(0) >= threshold).sum())
 
 
 def shard_plan(recipe: CollectRecipe) -> list[range]:
@@ -291,19 +291,20 @@ def write_shard(recipe: CollectRecipe, j: int, out: Path, on_episode=None) -> di
     """Generate shard ``j`` into a temporary file and publish it with an atomic rename."""
     env = make_env(recipe.env, recipe.env_kwargs)
     episodes = shard_plan(recipe)[j]
-    moved = 0
+    moved = several = 0  # episodes that moved an object; two or more
     try:
         with datasets.ShardWriter(out / datasets.shard_name(j)) as writer:
             for i in episodes:
                 episode = run_episode(env, recipe, i)
-                moved += object_moved(episode["points"])
+                n = objects_moved(episode["points"])
+                moved, several = moved + (n >= 1), several + (n >= 2)
                 writer.add(i, episode)
                 if on_episode is not None:
                     on_episode()
     finally:
         env.close()
     return {"index": j, "file": datasets.shard_name(j), "first_episode": episodes.start, "episodes": len(episodes),
-            "sha256": writer.sha256, "moved": moved}
+            "sha256": writer.sha256, "moved": moved, "moved_several": several}
 
 
 def _header(recipe: CollectRecipe, env: gym.Env) -> dict:

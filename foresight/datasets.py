@@ -321,5 +321,7 @@ def summary(root: str | Path) -> dict:
         "action_space": m.get("action_space"),
         "actions_seen": {"min": lo.round(4).tolist(), "max": hi.round(4).tolist()},
         "moved_fraction": moved / len(store), "moved_threshold_px": m.get("moved_threshold_px"),
+        # (datasets collected before it was counted have no moved_several)
+        "moved_several_fraction": sum(s.get("moved_several", 0) for s in m["shards"]) / len(store),
         "bytes": sum((Path(root) / s["file"]).stat().st_size for s in m["shards"] if (Path(root) / s["file"]).exists()),
     }
