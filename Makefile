@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench pretrained clean
+.PHONY: demo test test-all bench pretrained pretrained-clutter clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,24 @@ pretrained: $(STAMP)
 	$(BIN)/foresight train train/plan_point_push.toml
 	$(BIN)/foresight eval train/runs/plan_point_push
 	$(BIN)/foresight export train/runs/plan_point_push pretrained/plan_point_push
+
+# the models for scenes of 1 to 3 blocks, in pretrained/ (about 3 hours on 2 cores; benchmarks/models.py uses them):
+#   plan_point_push_clutter         pretrained/plan_point_push fine-tuned on the clutter data (the deterministic model)
+#   plan_point_push_clutter_seed1,2 the same with other data orders: with it, an ensemble of three
+#   sv2p_point_push_clutter         the stochastic (SV2P-style) model, from plan_point_push_clutter
+pretrained-clutter: $(STAMP)
+	$(BIN)/foresight collect data/point_push_clutter.toml --workers 2
+	$(BIN)/foresight train train/plan_point_push_clutter.toml
+	$(BIN)/foresight eval train/runs/plan_point_push_clutter
+	$(BIN)/foresight export train/runs/plan_point_push_clutter pretrained/plan_point_push_clutter
+	for k in 1 2; do \
+	  $(BIN)/foresight train train/plan_point_push_clutter.toml --set "name='plan_point_push_clutter_seed$$k'" --set train.seed=$$k && \
+	  $(BIN)/foresight eval train/runs/plan_point_push_clutter_seed$$k && \
+	  $(BIN)/foresight export train/runs/plan_point_push_clutter_seed$$k pretrained/plan_point_push_clutter_seed$$k || exit 1; \
+	done
+	$(BIN)/foresight train train/sv2p_point_push_clutter.toml
+	$(BIN)/foresight eval train/runs/sv2p_point_push_clutter
+	$(BIN)/foresight export train/runs/sv2p_point_push_clutter pretrained/sv2p_point_push_clutter
 
 clean:
 	rm -rf out .pytest_cache

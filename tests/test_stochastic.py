@@ -229,11 +229,8 @@ schedule_k = 0.0
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stochastic")
-    (root / "data.toml").write_text(DATA)
-    collect.collect(recipes.load(collect.CollectRecipe, root / "data.toml"), root / "planar_seq", progress=False)
-    return root
+def workdir(collected):
+    return collected("stochastic", DATA)
 
 
 def recipe(root, name, *overrides, text=RECIPE):
@@ -320,13 +317,13 @@ def test_bad_recipe_keys_name_the_key(workdir, override, key, expected):
 
 
 def test_sv2p_recipe_starts_from_the_shipped_model(tmp_path):
-    """train/sv2p_point_push.toml, on a tiny PointPush dataset: its train.init, the exported
-    pretrained/plan_point_push, is accepted, and at lr 0 the run predicts what the shipped model does."""
-    recipe_path = REPO / "train" / "sv2p_point_push.toml"
+    """train/sv2p_point_push_clutter.toml, on a tiny PointPush dataset: its train.init, the exported
+    pretrained/plan_point_push_clutter, is accepted, and at lr 0 the run predicts what the shipped model does."""
+    recipe_path = REPO / "train" / "sv2p_point_push_clutter.toml"
     r = recipes.load(training.TrainRecipe, recipe_path)
     assert (r.model["kind"], r.model["kl_weight"], r.model["kl_warmup_steps"], r.train.steps, r.train.horizon,
             r.train.schedule_k, r.train.track_weight) == ("stochastic_video", 1e-3, 500, 2000, 8, 0.0, 1.5e-2)
-    assert training.relative_to(recipe_path, r.train.init) == REPO / "pretrained" / "plan_point_push"
+    assert training.relative_to(recipe_path, r.train.init) == REPO / "pretrained" / "plan_point_push_clutter"
     data = tmp_path / "pp.toml"
     data.write_text('name = "pp"\nenv = "foresight/PointPush-v0"\nepisodes = 3\nsteps = 10\nseed = 3\n'
                     '[env_kwargs]\nimage_size = 64\naction_repeat = 3\n')
@@ -336,7 +333,7 @@ def test_sv2p_recipe_starts_from_the_shipped_model(tmp_path):
                                                          "train.val_batches=1", "train.loader_workers=0"])
     run = training.train(r, recipe_path, run=tmp_path / "sv2p", progress=False)
     model, _, _, _ = load_run(run)
-    shipped, _, _, _ = load_run(REPO / "pretrained" / "plan_point_push")
+    shipped, _, _, _ = load_run(REPO / "pretrained" / "plan_point_push_clutter")
     frames, actions = torch.rand(2, 2, 3, 32, 32), torch.rand(2, 8, 2) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(model(frames, actions, latent=model.sample_latents(2)).frames,
