@@ -22,20 +22,13 @@ TINY = {"name": "tiny", "env": "foresight/PointPush-v0", "tasks": 3, "steps": 24
         "cem": {"samples": 60, "elites": 6, "iterations": 2, "horizon": 3, "repeat": 3}}
 
 
-@pytest.fixture(scope="module")
-def env():
-    e = gym.make("foresight/PointPush-v0")
-    yield e
-    e.close()
-
-
 def suite(**changes):
     return recipes.from_dict(suites.DesignatedPixelSuite, {**TINY, **changes}, "test")
 
 
-def test_tasks_are_seeded_and_goals_lie_in_range(env):
+def test_tasks_are_seeded_and_goals_lie_in_range(point_push_env):
     s = suite(tasks=5, goal_min_px=8.0, goal_max_px=20.0, reset_options={})
-    a, b = suites.make_tasks(s, env), suites.make_tasks(s, env)
+    a, b = suites.make_tasks(s, point_push_env), suites.make_tasks(s, point_push_env)
     for t, u in zip(a, b):
         assert t.seed == u.seed and np.array_equal(t.goals, u.goals)
         d = np.linalg.norm(t.goals - t.designated, axis=-1)
@@ -43,11 +36,11 @@ def test_tasks_are_seeded_and_goals_lie_in_range(env):
         assert (t.goals >= 10).all() and (t.goals <= 63 - 10).all()
 
 
-def test_oracle_solves_tiny_tasks_and_beats_random(env):
+def test_oracle_solves_tiny_tasks_and_beats_random(point_push_env):
     s = suite()
-    tasks = suites.make_tasks(s, env)
-    oracle = [mpc.run_task(env, t, s, "oracle", record=False) for t in tasks]
-    random = [mpc.run_task(env, t, s, "random", record=False) for t in tasks]
+    tasks = suites.make_tasks(s, point_push_env)
+    oracle = [mpc.run_task(point_push_env, t, s, "oracle", record=False) for t in tasks]
+    random = [mpc.run_task(point_push_env, t, s, "random", record=False) for t in tasks]
     assert sum(o.success for o in oracle) >= 2, [o.final_distance for o in oracle]
     for o in oracle + random:  # the true distance after every step, ending at the final one
         assert len(o.distances) == s.steps and o.distances[-1] == pytest.approx(o.final_distance)
@@ -55,22 +48,22 @@ def test_oracle_solves_tiny_tasks_and_beats_random(env):
     assert mpc.aggregate(oracle)["final_over_start"] < 0.5 * mpc.aggregate(random)["final_over_start"]
 
 
-def test_with_an_effort_weight_the_planner_keeps_still_once_the_object_is_at_its_goal(env):
+def test_with_an_effort_weight_the_planner_keeps_still_once_the_object_is_at_its_goal(point_push_env):
     """cost.effort: every plan leaves the block where it is (its goal), so without the effort term CEM's
     choice among them is arbitrary and the pusher wanders; with it the pusher keeps (almost) still."""
     s = suite(tasks=1, steps=6, reset_options={"pusher_near": 0.06})
-    task = suites.make_tasks(s, env)[0]
+    task = suites.make_tasks(s, point_push_env)[0]
     task = dataclasses.replace(task, goals=task.designated.copy())  # the goal: where it is
     moved = {}
     for weight in (0.0, 1.0):
         ws = suite(tasks=1, steps=6, reset_options={"pusher_near": 0.06}, cost={"effort": weight})
-        o = mpc.run_task(env, task, ws, "oracle", record=False, keep_episode=True)
+        o = mpc.run_task(point_push_env, task, ws, "oracle", record=False, keep_episode=True)
         moved[weight] = float(np.linalg.norm(o.episode["actions"], axis=-1).mean())
         assert o.success
     assert moved[1.0] < 0.25 * moved[0.0], moved  # mean |action| per step, 1 = full speed
 
 
-def test_model_planner_runs_end_to_end_and_writes_results(env, tmp_path):
+def test_model_planner_runs_end_to_end_and_writes_results(point_push_env, tmp_path):
     torch.manual_seed(0)
     cfg = VideoPredictionConfig.small("sna", image_size=(64, 64), channels=3, action_dim=2,
                                       widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=3)
@@ -91,7 +84,7 @@ def test_model_planner_runs_end_to_end_and_writes_results(env, tmp_path):
     assert torch.allclose(dists.sum((-1, -2)), torch.ones(5, 6, 1), atol=1e-4)
 
 
-def test_bad_input_is_named(env, tmp_path):
+def test_bad_input_is_named(point_push_env, tmp_path):
     with pytest.raises(ForesightError, match=r"--goal: pixel \(70, 3\) lies outside the 64x64 image"):
         pixels.check_in_image("--goal", [[70, 3]], 64, 64)
     e2c = E2C(E2CConfig(**PRESETS["planar"]))
@@ -100,7 +93,7 @@ def test_bad_input_is_named(env, tmp_path):
     with pytest.raises(ForesightError, match="'env'.*unknown environment"):
         mpc.run_suite(suite(env="foresight/Nowhere-v0"), tmp_path, None, ["random"], "s.toml", progress=False)
     with pytest.raises(ForesightError, match="'designated'"):
-        suites.make_tasks(suite(designated=2), env, "s.toml")
+        suites.make_tasks(suite(designated=2), point_push_env, "s.toml")
     arm = suite(env="foresight/ArmPush-v0", goal="env", cost={"approach": 0.3})
     with pytest.raises(ForesightError, match=r"s.toml: key 'cost.approach': environment "
                                              r"'foresight/ArmPush-v0' offers no agent_path"):
@@ -120,17 +113,17 @@ def test_bad_input_is_named(env, tmp_path):
     assert run.stderr.strip() == "foresight: error: --goal: pixel (44, 99) lies outside the 64x64 image (rows 0..63, columns 0..63)"
 
 
-def test_a_smaller_planning_image_scales_pixels_and_keeps_mass(env, tmp_path):
+def test_a_smaller_planning_image_scales_pixels_and_keeps_mass(point_push_env, tmp_path):
     """A 32x32 model plans on the 64x64 camera: frames area-averaged, pixels scaled, mass kept."""
     torch.manual_seed(0)
     cfg = VideoPredictionConfig.small("cdna", skip=True, image_size=(32, 32), channels=3, action_dim=2,
                                       widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=5)
     predictor = VideoPredictor(VideoPredictionModel(cfg))
-    obs, _ = env.reset(seed=0)
+    obs, _ = point_push_env.reset(seed=0)
     ctx = predictor.frames([obs, obs])
     assert ctx.shape == (2, 3, 32, 32) and torch.allclose(ctx[0].mean(), torch.as_tensor(obs / 255.0).mean().float(), atol=1e-3)
     s = suite(tasks=1, steps=6, cem={"samples": 8, "elites": 2, "iterations": 1, "horizon": 2, "repeat": 3})
-    o = mpc.run_task(env, suites.make_tasks(s, env)[0], s, "model", predictor)
+    o = mpc.run_task(point_push_env, suites.make_tasks(s, point_push_env)[0], s, "model", predictor)
     assert len(o.video) == 6 and 3 * 64 * 4 <= o.video[0].shape[1] < 3 * 64 * 4 + 20  # 3 panels at the camera's size
     _, dists = predictor(ctx, torch.zeros(1, 2), torch.rand(3, 4, 2) * 2 - 1,
                          pixels.delta_distribution(torch.tensor([[[10.2, 20.7]]]), 32, 32)[0])
@@ -144,15 +137,15 @@ def test_a_smaller_planning_image_scales_pixels_and_keeps_mass(env, tmp_path):
     assert torch.allclose(dists.sum((-1, -2)), torch.ones(3, 4, 1), atol=1e-4)
 
 
-def test_the_model_time_scale_must_match_the_suite(env):
+def test_the_model_time_scale_must_match_the_suite(point_push_env):
     cfg = VideoPredictionConfig.small("sna", image_size=(64, 64), channels=3, action_dim=2,
                                       widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=3)
     trained = {"id": "foresight/PointPush-v0", "kwargs": {"image_size": 64, "action_repeat": 3}}
     predictor = VideoPredictor(VideoPredictionModel(cfg), trained_env=trained)
-    predictor.check_env("foresight/PointPush-v0", {"action_repeat": 3}, env, "s.toml")
+    predictor.check_env("foresight/PointPush-v0", {"action_repeat": 3}, point_push_env, "s.toml")
     with pytest.raises(ForesightError, match=r"s.toml: key 'env_kwargs.action_repeat': the model was trained "
                                              r"with action_repeat = 3, the suite runs 1"):
-        predictor.check_env("foresight/PointPush-v0", {}, env, "s.toml")
+        predictor.check_env("foresight/PointPush-v0", {}, point_push_env, "s.toml")
 
 
 def test_task_processes_give_the_same_outcomes(tmp_path):
@@ -184,7 +177,7 @@ def test_color_tracker_follows_a_pushed_block_to_the_simulators_pixel():
 
 
 @pytest.mark.parametrize("track", ["registration", "true"])
-def test_tracked_designated_pixels_restart_on_the_object(env, track):
+def test_tracked_designated_pixels_restart_on_the_object(point_push_env, track):
     """With registration (images) or the true pixel, each replan starts from a delta at the object's pixel."""
     torch.manual_seed(0)
     cfg = VideoPredictionConfig.small("cdna", skip=True, image_size=(32, 32), channels=3, action_dim=2,
@@ -199,23 +192,23 @@ def test_tracked_designated_pixels_restart_on_the_object(env, track):
 
     s = suite(tasks=1, steps=4, mpc={"replan_every": 1, "track": track},
               cem={"samples": 8, "elites": 2, "iterations": 1, "horizon": 2, "repeat": 1})
-    task = suites.make_tasks(s, env)[0]
-    mpc.run_task(env, task, s, "model", Recorder(model), record=False)
+    task = suites.make_tasks(s, point_push_env)[0]
+    mpc.run_task(point_push_env, task, s, "model", Recorder(model), record=False)
     # the last replan's start distribution is a delta (4 bilinear taps), not a model-spread distribution
     assert (seen[-1][0] > 0).sum() <= 4 and torch.allclose(seen[-1].sum(), torch.tensor(1.0))
     with pytest.raises(ForesightError, match=r"key 'mpc.track'"):
         suite(mpc={"track": "telepathy"})
 
 
-def test_with_an_approach_weight_the_planner_heads_round_the_object(env):
+def test_with_an_approach_weight_the_planner_heads_round_the_object(point_push_env):
     """cost.approach: the goal lies between the pusher and the block, so in a short look ahead no plan moves
     the block closer and the designated-pixel cost cannot choose; the approach term sends the pusher round to the
     block's far side."""
     from foresight.envs import point_push
 
     s = suite(tasks=1, steps=4, reset_options={"pusher_near": 0.03})
-    task = suites.make_tasks(s, env)[0]
-    _, info = env.reset(seed=task.seed, options=s.reset_options)
+    task = suites.make_tasks(s, point_push_env)[0]
+    _, info = point_push_env.reset(seed=task.seed, options=s.reset_options)
     block, pusher = info["points"][0].astype(np.float64), point_push.pusher_pixels(info["state"], 64, 64)[0]
     toward = (pusher - block) / np.linalg.norm(pusher - block)
     task = dataclasses.replace(task, goals=(block + 10 * toward)[None])  # goal on the pusher's side
@@ -223,13 +216,13 @@ def test_with_an_approach_weight_the_planner_heads_round_the_object(env):
     gap = {}
     for weight in (0.0, 1.0):
         ws = suite(tasks=1, steps=4, reset_options={"pusher_near": 0.03}, cost={"approach": weight})
-        o = mpc.run_task(env, task, ws, "oracle", record=False, keep_episode=True)
+        o = mpc.run_task(point_push_env, task, ws, "oracle", record=False, keep_episode=True)
         gap[weight] = float(np.linalg.norm(point_push.pusher_pixels(o.episode["states"][-1], 64, 64)[0] - push_point))
     start = float(np.linalg.norm(pusher - push_point))  # ~21 px; 4 control steps move the pusher <= ~10
     assert gap[1.0] < start - 3 and gap[1.0] < 0.7 * gap[0.0], (start, gap)
 
 
-def test_the_benchmarks_cost_is_the_planners_for_every_term(env, monkeypatch):
+def test_the_benchmarks_cost_is_the_planners_for_every_term(point_push_env, monkeypatch):
     """benchmarks/plan_model_errors.py scores plans with the model and oracle planners' own cost: on the decisions
     the planner scored at its first replan, every term the suite switches on gives the same costs."""
     import importlib.util
@@ -245,7 +238,7 @@ def test_the_benchmarks_cost_is_the_planners_for_every_term(env, monkeypatch):
     predictor = VideoPredictor(VideoPredictionModel(cfg))
     s = suite(tasks=1, steps=1, cem={"samples": 6, "elites": 2, "iterations": 1, "horizon": 3, "repeat": 1},
               cost={"designated_pixels": 1.0, "approach": 0.3, "effort": 0.2})
-    task = suites.make_tasks(s, env)[0]
+    task = suites.make_tasks(s, point_push_env)[0]
     seen = {}
     score = planners.CEMPlanner.score
 
@@ -257,8 +250,8 @@ def test_the_benchmarks_cost_is_the_planners_for_every_term(env, monkeypatch):
 
     monkeypatch.setattr(planners.CEMPlanner, "score", spy)
     for name in ("model", "oracle"):
-        mpc.run_task(env, task, s, name, predictor, record=False)
-    model, oracle = errors.first_replan(s, env, task, predictor)
+        mpc.run_task(point_push_env, task, s, name, predictor, record=False)
+    model, oracle = errors.first_replan(s, point_push_env, task, predictor)
     for planner in (model, oracle):
         decisions, costs, parts = seen[type(planner.rollouts).__name__]
         assert set(parts) == {"designated_pixels", "approach", "effort"}
@@ -268,13 +261,13 @@ def test_the_benchmarks_cost_is_the_planners_for_every_term(env, monkeypatch):
             torch.testing.assert_close(mine[term], parts[term], rtol=0, atol=0)
 
 
-def test_heldout_twin_is_the_same_suite_on_other_tasks(env):
+def test_heldout_twin_is_the_same_suite_on_other_tasks(point_push_env):
     s = suite(tasks=4, heldout_seed=7)
     twin = suites.heldout(s, "plan/x.toml")
     assert (twin.name, twin.seed) == ("tiny_heldout", 7)
     assert dataclasses.replace(twin, name=s.name, seed=s.seed) == s  # nothing else changes
-    seeds = {t.seed for t in suites.make_tasks(s, env)}
-    assert not seeds & {t.seed for t in suites.make_tasks(twin, env)}
+    seeds = {t.seed for t in suites.make_tasks(s, point_push_env)}
+    assert not seeds & {t.seed for t in suites.make_tasks(twin, point_push_env)}
     with pytest.raises(ForesightError, match=r"^plan/x.toml: key 'heldout_seed': this suite has no held-out twin"):
         suites.heldout(suite(), "plan/x.toml")
     with pytest.raises(ForesightError, match="heldout_seed"):

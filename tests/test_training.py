@@ -52,11 +52,8 @@ schedule_k = 0.0
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    (root / "data.toml").write_text(DATA)
-    collect.collect(recipes.load(collect.CollectRecipe, root / "data.toml"), root / "planar_seq", progress=False)
-    return root
+def workdir(collected):
+    return collected("train", DATA)
 
 
 def recipe(root, name, *overrides):

@@ -2,7 +2,6 @@
 each plan's cost aggregated over them (PETS)."""
 import copy
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -22,13 +21,6 @@ SUITE = {"name": "tiny", "env": "foresight/PointPush-v0", "tasks": 1, "steps": 3
 WIDTHS = dict(widths=(4, 4, 8, 8, 8, 8, 4), transform_kernel=5)
 
 
-@pytest.fixture(scope="module")
-def env():
-    e = gym.make("foresight/PointPush-v0")
-    yield e
-    e.close()
-
-
 def suite(**changes):
     return recipes.from_dict(suites.DesignatedPixelSuite, {**SUITE, **changes}, "test")
 
@@ -39,11 +31,11 @@ def video_model(seed: int) -> VideoPredictionModel:
     return VideoPredictionModel(cfg)
 
 
-def first_scores(env, s, predictor, decisions):
+def first_scores(point_push_env, s, predictor, decisions):
     """The model planner's costs of ``decisions`` at the first replan of the suite's first task."""
-    task = suites.make_tasks(s, env)[0]
-    obs, info = env.reset(seed=task.seed, options=task.reset_options)
-    planner = planners.make("model", s, env, task, obs, predictor)
+    task = suites.make_tasks(s, point_push_env)[0]
+    obs, info = point_push_env.reset(seed=task.seed, options=task.reset_options)
+    planner = planners.make("model", s, point_push_env, task, obs, predictor)
     planner.rollouts.begin(obs, info)
     return planner.score(decisions)
 
@@ -63,18 +55,19 @@ def test_cost_of_particles_is_their_mean_plus_spread_std():
 
 
 @pytest.mark.parametrize("spread", [0.0, 1.0])
-def test_an_ensemble_of_identical_members_costs_what_the_single_model_does(env, spread):
+def test_an_ensemble_of_identical_members_costs_what_the_single_model_does(point_push_env, spread):
     model = video_model(0)
     s = suite(cost={"designated_pixels": 1.0, "approach": 0.3, "spread": spread})
     decisions = torch.rand(12, 3, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    single = first_scores(env, s, VideoPredictor(model), decisions)
+    single = first_scores(point_push_env, s, VideoPredictor(model), decisions)
     ensemble = VideoEnsemble([VideoPredictor(model), VideoPredictor(copy.deepcopy(model)),
                               VideoPredictor(copy.deepcopy(model))])
-    np.testing.assert_allclose(first_scores(env, s, ensemble, decisions).numpy(), single.numpy(), rtol=1e-5,
+    np.testing.assert_allclose(first_scores(point_push_env, s, ensemble, decisions).numpy(), single.numpy(), rtol=1e-5,
                                atol=1e-5)
     # members that differ: the mean of their costs; mean + 1 std of two numbers is the larger one
-    other = first_scores(env, s, VideoPredictor(video_model(1)), decisions)
-    costs = first_scores(env, s, VideoEnsemble([VideoPredictor(model), VideoPredictor(video_model(1))]), decisions)
+    other = first_scores(point_push_env, s, VideoPredictor(video_model(1)), decisions)
+    pair = VideoEnsemble([VideoPredictor(model), VideoPredictor(video_model(1))])
+    costs = first_scores(point_push_env, s, pair, decisions)
     expected = torch.maximum(single, other) if spread else (single + other) / 2
     np.testing.assert_allclose(costs.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(single, other)
@@ -88,25 +81,26 @@ def stochastic(video: VideoPredictionModel, latent_dim: int = 3) -> StochasticVi
     return model.eval()
 
 
-def test_stochastic_model_plans_under_fixed_latent_draws(env):
+def test_stochastic_model_plans_under_fixed_latent_draws(point_push_env):
     video = video_model(0)
     model = stochastic(video)
     decisions = torch.rand(12, 3, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
     s = suite(mpc={"latent_samples": 3})
     # started from the deterministic model with zero latent weights: every draw predicts what it does
-    np.testing.assert_allclose(first_scores(env, s, VideoPredictor(model), decisions).numpy(),
-                               first_scores(env, s, VideoPredictor(video), decisions).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(first_scores(point_push_env, s, VideoPredictor(model), decisions).numpy(),
+                               first_scores(point_push_env, s, VideoPredictor(video), decisions).numpy(),
+                               rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # now the latent matters
         layer = model.video.enc3
         layer.weight[:, -model.latent_dim:] = torch.randn_like(layer.weight[:, -model.latent_dim:])
-    a, b = (first_scores(env, s, VideoPredictor(model), decisions) for _ in range(2))
+    a, b = (first_scores(point_push_env, s, VideoPredictor(model), decisions) for _ in range(2))
     assert torch.equal(a, b)  # the task's draws are fixed: the same plans cost the same
-    assert not torch.allclose(a, first_scores(env, s, VideoPredictor(video), decisions))
-    one = first_scores(env, suite(mpc={"latent_samples": 1}), VideoPredictor(model), decisions)
+    assert not torch.allclose(a, first_scores(point_push_env, s, VideoPredictor(video), decisions))
+    one = first_scores(point_push_env, suite(mpc={"latent_samples": 1}), VideoPredictor(model), decisions)
     assert not torch.allclose(a, one)  # three draws are averaged, not one
 
 
-def test_model_planner_runs_with_an_ensemble_and_a_stochastic_model(env, tmp_path):
+def test_model_planner_runs_with_an_ensemble_and_a_stochastic_model(point_push_env, tmp_path):
     s = suite(tasks=1, steps=2, mpc={"latent_samples": 2}, cost={"designated_pixels": 1.0, "spread": 1.0})
     ensemble = VideoEnsemble([VideoPredictor(video_model(0)), VideoPredictor(video_model(1))])
     for name, predictor in (("ensemble", ensemble), ("stochastic", VideoPredictor(stochastic(video_model(0))))):
