@@ -9,13 +9,15 @@ settings were chosen on) and, under ``heldout``, the same on its held-out twin (
 other seeds, never looked at while tuning; the figures to report).
 
 Steps (every planning run is a `foresight plan` into benchmarks/results/models/, which resumes finished tasks):
-  1. the runs each kind needs, trained when missing (--reuse keeps existing runs): deterministic
-     train/plan_point_push_clutter.toml; ensemble that run and --members - 1 more with other seeds
-     (train.seed = 1, 2, ...: other data order; named <run>_seed<k>); stochastic train/sv2p_point_push_clutter.toml;
+  1. the models each kind needs: the ones shipped in pretrained/ (`make pretrained-clutter` makes them), or with
+     --retrain trained into train/runs (--reuse keeps existing runs): deterministic plan_point_push_clutter
+     (train/plan_point_push_clutter.toml); ensemble that model and --members - 1 more with other seeds
+     (train.seed = 1, 2, ...: other data order; <name>_seed<k>); stochastic sv2p_point_push_clutter
+     (train/sv2p_point_push_clutter.toml);
   2. the oracle and random actions once per suite and twin (they need no model);
   3. each kind's model planner on each suite and twin, --tasks tasks (the first ones), --workers processes.
 
-    python benchmarks/models.py [--reuse] [--kinds deterministic,ensemble,stochastic] [--suites ...]
+    python benchmarks/models.py [--retrain [--reuse]] [--kinds deterministic,ensemble,stochastic] [--suites ...]
                                 [--twins tuning,heldout] [--tasks 50] [--workers 2] [--members 3]
 """
 from __future__ import annotations
@@ -28,33 +30,42 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from runs import EXE, REPO, sh, trained_run  # noqa: E402
+from runs import EXE, REPO, sh  # noqa: E402
 
-KINDS = {"deterministic": "train/plan_point_push_clutter.toml", "ensemble": "train/plan_point_push_clutter.toml",
-         "stochastic": "train/sv2p_point_push_clutter.toml"}
+RECIPES = {"deterministic": "train/plan_point_push_clutter.toml", "stochastic": "train/sv2p_point_push_clutter.toml"}
+KINDS = ("deterministic", "ensemble", "stochastic")
 DATA = "data/point_push_clutter.toml"
 SUITES = ("point_push", "point_push_2obj", "point_push_clutter")
 OUT = HERE / "results" / "models"
 
 
-def member_run(recipe: str, seed: int, reuse: bool) -> Path:
-    """The ensemble member trained with ``train.seed = seed`` (seed 0 is the recipe's own run)."""
-    from foresight import recipes, training
+def model_run(recipe: str, name: str, args, *sets: str) -> Path:
+    """The shipped model pretrained/<name> (unless --retrain), else train/runs/<name>: ``recipe`` trained under
+    that name with ``sets`` (kept when --reuse finds a checkpoint), its dataset collected first if incomplete."""
     from foresight.checkpoints import checkpoint_dir
 
-    path = REPO / recipe
-    run = training.resolve_paths(recipes.load(training.TrainRecipe, path), path)[1]
-    member = run.with_name(f"{run.name}_seed{seed}")
-    if not (reuse and checkpoint_dir(member)):
-        sh(EXE, "train", str(path), "--set", f"name='{member.name}'", "--set", f"train.seed={seed}", "--no-progress")
-    return member
+    shipped = REPO / "pretrained" / name
+    if not args.retrain and checkpoint_dir(shipped):
+        return shipped
+    run = REPO / "train" / "runs" / name
+    if not (args.reuse and checkpoint_dir(run)):
+        manifest = REPO / "data" / "point_push_clutter" / "manifest.json"
+        if not manifest.exists() or not json.loads(manifest.read_text())["complete"]:
+            sh(EXE, "collect", str(REPO / DATA), "--workers", str(args.workers), "--no-progress")
+        sh(EXE, "train", str(REPO / recipe), "--set", f"name='{name}'", *sets, "--no-progress")
+    return run
 
 
 def models_of(kind: str, args) -> list[Path]:
-    run, _ = trained_run(KINDS[kind], DATA, args.reuse, args.workers)
-    if kind != "ensemble":
-        return [run]
-    return [run] + [member_run(KINDS[kind], k, args.reuse) for k in range(1, args.members)]
+    """deterministic: the clutter model; ensemble: it and --members - 1 more trained with train.seed = 1, 2, ...
+    (other data order; <name>_seed<k>); stochastic: the SV2P-style model."""
+    if kind == "stochastic":
+        return [model_run(RECIPES[kind], "sv2p_point_push_clutter", args)]
+    runs = [model_run(RECIPES["deterministic"], "plan_point_push_clutter", args)]
+    if kind == "ensemble":
+        runs += [model_run(RECIPES["deterministic"], f"plan_point_push_clutter_seed{k}", args, "--set", f"train.seed={k}")
+                 for k in range(1, args.members)]
+    return runs
 
 
 def plan(suite: str, twin: str, out: Path, planners: str, models: list[Path], args) -> dict:
@@ -91,7 +102,8 @@ def figures(summary: dict, planner: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reuse", action="store_true", help="keep trained runs that exist")
+    ap.add_argument("--retrain", action="store_true", help="train every model instead of using pretrained/'s")
+    ap.add_argument("--reuse", action="store_true", help="with --retrain: keep trained runs that exist")
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--suites", default=",".join(SUITES))
     ap.add_argument("--twins", default="tuning,heldout", help="tuning: the suite's own tasks; heldout: its twin's")
@@ -105,7 +117,7 @@ def main() -> None:
     import foresight  # noqa: F401
     from foresight import evaluation
 
-    kinds, suites, twins = args.kinds.split(","), args.suites.split(","), args.twins.split(",")
+    kinds, suites, twins = ([x for x in a.split(",") if x] for a in (args.kinds, args.suites, args.twins))
     path = Path(args.out)
     result = json.loads(path.read_text()) if path.exists() else {}
     result.update({"date": date.today().isoformat(), "machine": evaluation.machine(1),
