@@ -322,7 +322,7 @@ def test_sv2p_recipe_starts_from_the_shipped_model(tmp_path):
     recipe_path = REPO / "train" / "sv2p_point_push_clutter.toml"
     r = recipes.load(training.TrainRecipe, recipe_path)
     assert (r.model["kind"], r.model["kl_weight"], r.model["kl_warmup_steps"], r.train.steps, r.train.horizon,
-            r.train.schedule_k, r.train.track_weight) == ("stochastic_video", 1e-3, 500, 2000, 8, 0.0, 1.5e-2)
+            r.train.schedule_k, r.train.track_weight) == ("stochastic_video", 1e-5, 500, 2000, 8, 0.0, 1.5e-2)
     assert training.relative_to(recipe_path, r.train.init) == REPO / "pretrained" / "plan_point_push_clutter"
     data = tmp_path / "pp.toml"
     data.write_text('name = "pp"\nenv = "foresight/PointPush-v0"\nepisodes = 3\nsteps = 10\nseed = 3\n'
