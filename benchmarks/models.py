@@ -15,10 +15,12 @@ Steps (every planning run is a `foresight plan` into benchmarks/results/models/,
      (train.seed = 1, 2, ...: other data order; <name>_seed<k>); stochastic sv2p_point_push_clutter
      (train/sv2p_point_push_clutter.toml);
   2. the oracle and random actions once per suite and twin (they need no model);
-  3. each kind's model planner on each suite and twin, --tasks tasks (the first ones), --workers processes.
+  3. each kind's model planner on each suite and twin, --tasks tasks (the first ones), --workers processes
+     (the baselines run --baseline-tasks: they cost little).
 
     python benchmarks/models.py [--retrain [--reuse]] [--kinds deterministic,ensemble,stochastic] [--suites ...]
-                                [--twins tuning,heldout] [--tasks 50] [--workers 2] [--members 3]
+                                [--twins tuning,heldout] [--tasks 50] [--baseline-tasks 50]
+                                [--workers 2] [--members 3]
 """
 from __future__ import annotations
 
@@ -58,7 +60,10 @@ def model_run(recipe: str, name: str, args, *sets: str) -> Path:
 
 def models_of(kind: str, args) -> list[Path]:
     """deterministic: the clutter model; ensemble: it and --members - 1 more trained with train.seed = 1, 2, ...
-    (other data order; <name>_seed<k>); stochastic: the SV2P-style model."""
+    (other data order; <name>_seed<k>); stochastic: the SV2P-style model; single_block (not run by default): the
+    model the clutter model starts from, pretrained/plan_point_push, for reference."""
+    if kind == "single_block":
+        return [REPO / "pretrained" / "plan_point_push"]
     if kind == "stochastic":
         return [model_run(RECIPES[kind], "sv2p_point_push_clutter", args)]
     runs = [model_run(RECIPES["deterministic"], "plan_point_push_clutter", args)]
@@ -68,14 +73,14 @@ def models_of(kind: str, args) -> list[Path]:
     return runs
 
 
-def plan(suite: str, twin: str, out: Path, planners: str, models: list[Path], args) -> dict:
-    """One `foresight plan` of a suite (or its held-out twin); its summary.json."""
+def plan(suite: str, twin: str, out: Path, planners: str, models: list[Path], tasks: int, args) -> dict:
+    """One `foresight plan` of a suite's first ``tasks`` tasks (or its held-out twin's); its summary.json."""
     cmd = [EXE, "plan", str(REPO / "plan" / f"{suite}.toml"), "--planners", planners, "--out", str(out),
-           "--workers", str(args.workers), "--videos", "4", "--no-progress", "--set", f"tasks={args.tasks}"]
+           "--workers", str(args.workers), "--videos", "4", "--no-progress", "--set", f"tasks={tasks}"]
     if twin == "heldout":
         cmd.append("--heldout")
     if models:
-        cmd += ["--model", *map(str, models)]
+        cmd += ["--model", *(str(m.relative_to(REPO)) for m in models)]  # as results record them
     sh(*cmd)
     return json.loads((out / "summary.json").read_text())
 
@@ -90,7 +95,8 @@ def evaluate(models: list[Path], out: Path, windows: int) -> dict:
            "--max-windows", str(windows))
         e = json.loads((where / "eval.json").read_text())
         ssim_gain = sum(e["ssim"]) / len(e["ssim"]) - sum(e["ssim_copy_last"]) / len(e["ssim_copy_last"])
-        rows.append({**{k: e[k] for k in keys}, "ssim_gain": ssim_gain})  # SSIM per step: their mean
+        last = {k: e[k][-1] if isinstance(e[k], list) else e[k] for k in keys}  # per-step lists: the last step
+        rows.append({**last, "ssim_gain": ssim_gain})  # SSIM per step: their mean
     return {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in rows[0]}
 
 
@@ -104,10 +110,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--retrain", action="store_true", help="train every model instead of using pretrained/'s")
     ap.add_argument("--reuse", action="store_true", help="with --retrain: keep trained runs that exist")
-    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"of {KINDS} and single_block")
     ap.add_argument("--suites", default=",".join(SUITES))
     ap.add_argument("--twins", default="tuning,heldout", help="tuning: the suite's own tasks; heldout: its twin's")
-    ap.add_argument("--tasks", type=int, default=50)
+    ap.add_argument("--tasks", type=int, default=50, help="tasks per suite for the model planners")
+    ap.add_argument("--baseline-tasks", type=int, default=50, help="tasks per suite for the oracle and random actions")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--members", type=int, default=3, help="ensemble members")
     ap.add_argument("--eval-windows", type=int, default=600)
@@ -126,7 +133,7 @@ def main() -> None:
     for suite in suites:
         for twin in twins:
             name = suite if twin == "tuning" else f"{suite}_heldout"
-            summary = plan(suite, twin, OUT / "baselines" / name, "oracle,random", [], args)
+            summary = plan(suite, twin, OUT / "baselines" / name, "oracle,random", [], args.baseline_tasks, args)
             baselines[name] = {p: figures(summary, p) for p in ("oracle", "random")}
             evaluation.write_json(path, result)
     for kind in kinds:
@@ -138,7 +145,7 @@ def main() -> None:
             row = entry.setdefault("suites", {}).setdefault(suite, {})
             for twin in twins:
                 name = suite if twin == "tuning" else f"{suite}_heldout"
-                fig = figures(plan(suite, twin, OUT / kind / name, "model", models, args), "model")
+                fig = figures(plan(suite, twin, OUT / kind / name, "model", models, args.tasks, args), "model")
                 fig["success_oracle"] = baselines[name]["oracle"]["success"]
                 fig["success_random"] = baselines[name]["random"]["success"]
                 if twin == "tuning":
