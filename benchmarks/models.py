@@ -32,7 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from runs import EXE, REPO, sh  # noqa: E402
+from runs import EXE, REPO, collect_if_incomplete, sh  # noqa: E402
 
 RECIPES = {"deterministic": "train/plan_point_push_clutter.toml", "stochastic": "train/sv2p_point_push_clutter.toml"}
 KINDS = ("deterministic", "ensemble", "stochastic")
@@ -44,17 +44,17 @@ OUT = HERE / "results" / "models"
 def model_run(recipe: str, name: str, args, *sets: str) -> Path:
     """The shipped model pretrained/<name> (unless --retrain), else train/runs/<name>: ``recipe`` trained under
     that name with ``sets`` (kept when --reuse finds a checkpoint), its dataset collected first if incomplete."""
+    from foresight import recipes, training
     from foresight.checkpoints import checkpoint_dir
 
     shipped = REPO / "pretrained" / name
     if not args.retrain and checkpoint_dir(shipped):
         return shipped
-    run = REPO / "train" / "runs" / name
+    path = REPO / recipe
+    data_dir, run = training.resolve_paths(recipes.load(training.TrainRecipe, path, [f"name='{name}'"]), path)
     if not (args.reuse and checkpoint_dir(run)):
-        manifest = REPO / "data" / "point_push_clutter" / "manifest.json"
-        if not manifest.exists() or not json.loads(manifest.read_text())["complete"]:
-            sh(EXE, "collect", str(REPO / DATA), "--workers", str(args.workers), "--no-progress")
-        sh(EXE, "train", str(REPO / recipe), "--set", f"name='{name}'", *sets, "--no-progress")
+        collect_if_incomplete(DATA, data_dir, args.workers)
+        sh(EXE, "train", str(path), "--set", f"name='{name}'", *sets, "--no-progress")
     return run
 
 
@@ -68,8 +68,8 @@ def models_of(kind: str, args) -> list[Path]:
         return [model_run(RECIPES[kind], "sv2p_point_push_clutter", args)]
     runs = [model_run(RECIPES["deterministic"], "plan_point_push_clutter", args)]
     if kind == "ensemble":
-        runs += [model_run(RECIPES["deterministic"], f"plan_point_push_clutter_seed{k}", args, "--set", f"train.seed={k}")
-                 for k in range(1, args.members)]
+        runs += [model_run(RECIPES["deterministic"], f"plan_point_push_clutter_seed{k}", args,
+                           "--set", f"train.seed={k}") for k in range(1, args.members)]
     return runs
 
 

@@ -40,6 +40,13 @@ def logged_minutes(run: Path) -> float | None:
     return sum(a for a, b in zip(seconds, seconds[1:] + [0.0]) if b < a) / 60  # a resumed run restarts its clock
 
 
+def collect_if_incomplete(data_recipe: str, data_dir: Path, workers: int) -> None:
+    """Collect ``data_recipe`` (relative to the repository) unless ``data_dir`` holds a complete dataset."""
+    manifest = data_dir / "manifest.json"
+    if not manifest.exists() or not json.loads(manifest.read_text())["complete"]:
+        sh(EXE, "collect", str(REPO / data_recipe), "--workers", str(workers), "--no-progress")
+
+
 def trained_run(recipe: str, data_recipe: str, reuse: bool, workers: int) -> tuple[Path, dict[str, float | None]]:
     """(run folder, training minutes of each run of the chain) of ``recipe`` (relative to the repository):
     its dataset collected from ``data_recipe`` if incomplete, the run it fine-tunes (``train.init``)
@@ -58,9 +65,7 @@ def trained_run(recipe: str, data_recipe: str, reuse: bool, workers: int) -> tup
             parent = init_recipe(parent)
         return run, {**dict(reversed(minutes.items())), recipe_path.stem: logged_minutes(run)}
     minutes = trained_run(str(parent.relative_to(REPO)), data_recipe, reuse, workers)[1] if parent else {}
-    manifest = data_dir / "manifest.json"
-    if not manifest.exists() or not json.loads(manifest.read_text())["complete"]:
-        sh(EXE, "collect", str(REPO / data_recipe), "--workers", str(workers), "--no-progress")
+    collect_if_incomplete(data_recipe, data_dir, workers)
     shutil.rmtree(run, ignore_errors=True)
     start = time.perf_counter()
     sh(EXE, "train", str(recipe_path), "--no-progress")
