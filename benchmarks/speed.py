@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -21,22 +20,10 @@ from torch.profiler import ProfilerActivity, profile
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from video import conv_peak_gflops  # noqa: E402
+from video import conv_peak_gflops, flops_per_frame, timed  # noqa: E402
 
 from foresight.evaluation import machine, write_json  # noqa: E402
 from foresight.learners import load_run  # noqa: E402
-
-
-def model_flops_per_frame(model, batch: int) -> float:
-    """FLOPs of one predicted frame, counted by torch's FLOP counter (convolutions and matmuls)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    cfg = model.config
-    H, W = cfg.image_size
-    frames, actions = torch.rand(batch, 2, cfg.channels, H, W), torch.rand(batch, 3, cfg.action_dim)
-    pixels = torch.full((batch, 1, H, W), 1.0 / (H * W))
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(frames, actions, pixels=pixels, num_context=2)
-    return counter.get_total_flops() / (batch * 3)
 
 
 def main():
@@ -49,8 +36,9 @@ def main():
     torch.set_num_threads(args.threads)
     suite = tomllib.loads((HERE.parent / args.suite).read_text())
     N, horizon, iterations = suite["cem"]["samples"], suite["cem"]["horizon"], suite["cem"]["iterations"]
-    context = 2
-    model = load_run(HERE.parent / args.model)[0].eval()
+    model, _, recipe, _ = load_run(HERE.parent / args.model)
+    model.eval()
+    context = recipe["train"]["context"]
     cfg = model.config
     H, W = cfg.image_size
     T = context - 1 + horizon  # actions: the past one, then the plan's
@@ -62,13 +50,9 @@ def main():
         with torch.inference_mode():
             model(frames, actions, pixels=pixels, num_context=context)
 
-    call(), call()  # warm-up: allocator, oneDNN primitive caches
-    start = time.perf_counter()
-    for _ in range(args.repeats):
-        call()
-    seconds = (time.perf_counter() - start) / args.repeats
+    seconds = timed(call, args.repeats)
     frames_per_s = N * T / seconds
-    flops = model_flops_per_frame(model, N)
+    flops = flops_per_frame(cfg)  # designated pixels not counted: a lower bound on the work
     peak = conv_peak_gflops(torch.float32)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         call()
