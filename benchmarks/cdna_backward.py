@@ -2,7 +2,7 @@
 
 The transform is one depthwise convolution in the forward pass; on CPU, autograd's backward of a depthwise
 convolution with large kernels took ~30x its forward and most of a training step of the planning model.
-Both paths compute the same forward (``video._cdna_forward``); this times forward + backward side by side at
+Both paths compute the same forward (``transforms._cdna_forward``); this times forward + backward side by side at
 the planning recipe's shapes (train/plan_point_push.toml: batch 16, 32x32, 10 kernels of 9x9, RGB plus one
 designated-pixel map) and the paper preset's (batch 32, 64x64, 10 kernels of 5x5), and one whole training
 step of the planning recipe's model with each path.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from foresight import evaluation
-from foresight.models import video
+from foresight.models import transforms, video
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,20 +59,20 @@ def step_seconds(repeats=5) -> float:
 
 def main() -> None:
     torch.manual_seed(0)
-    autograd = video._cdna_forward  # differentiable by autograd: the old path
+    autograd = transforms._cdna_forward  # differentiable by autograd: the old path
     shapes = {"planning (16 x 4 x 32 x 32, 10 kernels 9x9)": (16, 4, 32, 10, 9),
               "paper (32 x 3 x 64 x 64, 10 kernels 5x5)": (32, 3, 64, 10, 5)}
     ops = {}
     for name, s in shapes.items():
-        ours, theirs = op_seconds(video.cdna_transform, *s), op_seconds(autograd, *s)
+        ours, theirs = op_seconds(transforms.cdna_transform, *s), op_seconds(autograd, *s)
         ops[name] = {"hand_written_ms": round(1000 * ours, 2), "autograd_ms": round(1000 * theirs, 2),
                      "speedup": round(theirs / ours, 2)}
     ours = step_seconds()
-    video.cdna_transform, saved = autograd, video.cdna_transform  # the model calls the module-level name
+    transforms.cdna_transform, saved = autograd, transforms.cdna_transform  # the model calls the module-level name
     try:
         theirs = step_seconds()
     finally:
-        video.cdna_transform = saved
+        transforms.cdna_transform = saved
     result = {
         "date": date.today().isoformat(),
         "machine": evaluation.machine(torch.get_num_threads()),

@@ -15,10 +15,9 @@ from foresight.models.video import (
     VideoPrediction,
     VideoPredictionConfig,
     VideoPredictionModel,
-    cdna_transform,
-    dna_transform,
     scheduled_sampling_prob,
 )
+from foresight.models.transforms import cdna_composite, cdna_transform, dna_transform
 
 
 def _flops_per_frame():
@@ -169,6 +168,65 @@ def test_transforms_agree_with_each_other():
     by_dna = dna_transform(images, kernel.view(2, 9, 1, 1).expand(2, 9, 8, 8))
     torch.testing.assert_close(by_cdna, by_dna, atol=1e-6, rtol=0)
 
+
+
+def test_cdna_composite_is_the_sum_of_the_masked_moved_images():
+    """The planner's CDNA path (one kernel per pixel) against moving N copies and summing them under the masks."""
+    torch.manual_seed(0)
+    images, kernels = torch.rand(3, 4, 12, 10), torch.softmax(torch.randn(3, 5, 49), -1).view(3, 5, 7, 7)
+    masks = torch.softmax(torch.randn(3, 6, 12, 10), 1)
+    direct = images * masks[:, :1] + (cdna_transform(images, kernels) * masks[:, 1:, None]).sum(1)
+    torch.testing.assert_close(cdna_composite(images, kernels, masks), direct, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_planning_path_predicts_what_the_training_path_does(variant):
+    """Without gradients and with a shared context (the planner's call) the model takes its fast path: the same
+    frames and pixel distributions as the reference (training) path, pixel mass still 1."""
+    model = tiny_model(variant, state_dim=2).eval()
+    B, T = 5, 6
+    frames = torch.rand(1, 2, 3, 16, 16).expand(B, -1, -1, -1, -1)
+    states = torch.randn(1, 2, 2).expand(B, -1, -1)
+    actions = torch.randn(B, T, 2)
+    actions[:, 0] = actions[0, 0]  # the past action, shared
+    pixels = delta(B, 2, 16, 16, [(3, 4), (12, 9)])
+    reference = model(frames, actions, states, pixels=pixels)
+    with torch.inference_mode():
+        fast = model(frames, actions, states, pixels=pixels, shared_context=True)
+    for name in ("frames", "states", "pixels"):
+        torch.testing.assert_close(getattr(fast, name), getattr(reference, name).detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.pixels.sum((-2, -1)), torch.ones(B, T - 1, 2), atol=1e-5, rtol=0)
+
+
+def test_shared_context_refuses_a_batch_whose_context_differs():
+    model = tiny_model("cdna")
+    frames, actions = torch.rand(3, 2, 3, 16, 16), torch.randn(3, 4, 2)
+    with pytest.raises(ForesightError, match="frames: shared_context=True .* sequence 1 differs"):
+        model(frames, actions, shared_context=True)
+    same = frames[:1].expand(3, -1, -1, -1, -1)
+    with pytest.raises(ForesightError, match="actions: shared_context=True"):
+        model(same, actions, shared_context=True)
+    with pytest.raises(ForesightError, match="shared_context: scheduled sampling"):
+        model(same, actions, sample_prob=0.5, shared_context=True)
+
+
+def test_conv_lstm_cell_is_finns_lstm():
+    """The cell's one-sigmoid gates (tanh(j) as 2 sigmoid(2j) - 1, the forget bias in the convolution) against the
+    LSTM written out from its convolution's gates, with gradients too."""
+    from foresight.models.video import ConvLSTMCell
+
+    torch.manual_seed(0)
+    cell = ConvLSTMCell(3, 4, 3, forget_bias=1.0)
+    x, h, c = torch.randn(2, 3, 5, 6), torch.randn(2, 4, 5, 6), torch.randn(2, 4, 5, 6)
+    i, j, f, o = cell.conv(torch.cat([x, h], 1)).chunk(4, 1)
+    c_ref = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * torch.tanh(j)
+    h_ref = torch.sigmoid(o) * torch.tanh(c_ref)
+    out, (h_new, c_new) = cell(x, (h, c))
+    torch.testing.assert_close(c_new, c_ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(h_new, h_ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out, cell.norm(h_ref), atol=1e-5, rtol=1e-5)
+    grad = torch.autograd.grad(h_new.sum(), cell.conv.weight)[0]
+    torch.testing.assert_close(grad, torch.autograd.grad(h_ref.sum(), cell.conv.weight)[0], atol=1e-5, rtol=1e-4)
 
 
 def test_cdna_gradients_agree_with_finite_differences():

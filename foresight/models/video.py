@@ -27,9 +27,7 @@ never disagree. Two things would leak mass: zero padding at the border (mass pus
 and compositing (masks form a per-pixel convex combination, which is not mass-preserving). So after
 every step each distribution is renormalised to total mass 1.
 
-Kernel convention: tap (i, j) of a k x k kernel (r = k // 2) reads source pixel
-(row + i - r, col + j - r), as F.conv2d does. A kernel whose mass sits at tap (r, r - 1) therefore
-moves content one pixel to the right (+1 column).
+The kernels' convention and the transforms themselves are in ``models/transforms.py``.
 
 API:
     config = VideoPredictionConfig.paper(image_size=(64, 64), channels=3, action_dim=2, variant="sna")
@@ -46,13 +44,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from foresight.errors import ForesightError
+from foresight.models import transforms
 from foresight.pixels import delta_distribution, expected_distance, in_image
 from foresight.recipes import spec
 
 TRANSFORMS = ("cdna", "dna")
 VARIANTS = ("cdna", "dna", "sna")  # sna = dna + skip (Ebert et al. 2017)
 KERNEL_NORMS = ("relu", "softmax")
-RELU_SHIFT = 1e-12  # Finn: relu(x - shift) + shift keeps every tap > 0, so a kernel never sums to 0
 STATE_LOSS_WEIGHT = 1e-4  # Finn's state_cost
 
 
@@ -130,88 +128,6 @@ class VideoPrediction(NamedTuple):
 
 
 # -----------------------------------------------------------------------------
-# transformations (all shapes float32; autocast is switched off around them)
-
-
-def normalize_kernels(logits: torch.Tensor, dim: int, kind: str) -> torch.Tensor:
-    """Make the taps along `dim` non-negative and sum to 1."""
-    if kind == "softmax":
-        # along the innermost axis in memory: 2-3x faster than a strided softmax over a channels-last dim
-        return torch.softmax(logits.movedim(dim, -1), -1).movedim(-1, dim)
-    k = F.relu(logits - RELU_SHIFT) + RELU_SHIFT
-    return k / k.sum(dim, keepdim=True)
-
-
-def cdna_transform(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """images (B, Ch, H, W), kernels (B, N, k, k) -> (B, N, Ch, H, W); zero padding, k odd.
-
-    Kernel n of sample b filters every channel of image b. Finn's trick: put the batch on the channel
-    axis and run one grouped convolution with a group per sample; here each (sample, kernel) pair gets
-    its own copy of the image, which makes it a depthwise convolution: 2.2x faster on CPU at 32x32.
-    Its gradients are two more convolutions (``_CDNATransform``): autograd's own depthwise backward
-    with 9x9 kernels took 10x the forward and most of a training step on CPU.
-    """
-    return _CDNATransform.apply(images, kernels)
-
-
-def _cdna_forward(images, kernels):
-    B, Ch, H, W = images.shape
-    N, k = kernels.shape[1], kernels.shape[-1]
-    x = images.transpose(0, 1)[:, :, None].expand(Ch, B, N, H, W).reshape(Ch, B * N, H, W)  # channels play batch
-    y = F.conv2d(x, kernels.reshape(B * N, 1, k, k), padding=k // 2, groups=B * N)  # (Ch, B*N, H, W)
-    return y.reshape(Ch, B, N, H, W).permute(1, 2, 0, 3, 4)
-
-
-class _CDNATransform(torch.autograd.Function):
-    """y[b,n,c] = x[b,c] (cross-correlated with) w[b,n]. Backward, with g = dL/dy:
-    dL/dx[b,c] = sum_n g[b,n,c] (correlated with) flip(w[b,n])   (a depthwise convolution, summed over n)
-    dL/dw[b,n] = sum_c pad(x[b,c]) (correlated with) g[b,n,c]    (a convolution with B groups whose
-                                                                   "kernels" are the H x W gradients)"""
-
-    @staticmethod
-    def forward(ctx, images, kernels):
-        ctx.save_for_backward(images, kernels)
-        return _cdna_forward(images, kernels)
-
-    @staticmethod
-    def backward(ctx, g):  # g (B, N, Ch, H, W)
-        images, kernels = ctx.saved_tensors
-        B, Ch, H, W = images.shape
-        N, k = kernels.shape[1], kernels.shape[-1]
-        r = k // 2
-        grad_images = grad_kernels = None
-        if ctx.needs_input_grad[0]:
-            gg = g.permute(2, 0, 1, 3, 4).reshape(Ch, B * N, H, W)
-            flipped = kernels.flip(-1, -2).reshape(B * N, 1, k, k)
-            gx = F.conv2d(gg, flipped, padding=r, groups=B * N)  # (Ch, B*N, H, W)
-            grad_images = gx.view(Ch, B, N, H, W).sum(2).transpose(0, 1)
-        if ctx.needs_input_grad[1]:
-            padded = F.pad(images, (r, r, r, r)).reshape(1, B * Ch, H + 2 * r, W + 2 * r)
-            gw = F.conv2d(padded, g.reshape(B * N, Ch, H, W), groups=B)  # (1, B*N, k, k)
-            grad_kernels = gw.view(B, N, k, k)
-        return grad_images, grad_kernels
-
-
-def dna_transform(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """images (B, Ch, H, W), kernels (B, k*k, H, W) -> (B, Ch, H, W); zero padding.
-
-    out[b, c, y, x] = sum_ij kernels[b, i*k + j, y, x] * images[b, c, y + i - r, x + j - r]:
-    a sum of k*k shifted copies (a loop over taps, never over pixels; no k*k-fold unfold in memory).
-    """
-    H, W = images.shape[-2:]
-    k = math.isqrt(kernels.shape[1])
-    r = k // 2
-    # plain NCHW for both: each tap is then one contiguous multiply-add over (B, Ch, H, W)
-    padded = F.pad(images.contiguous(), (r, r, r, r))
-    kernels = kernels.contiguous()
-    out = torch.zeros_like(images, memory_format=torch.contiguous_format)
-    for i in range(k):
-        for j in range(k):
-            out = out + kernels[:, i * k + j, None] * padded[:, :, i:i + H, j:j + W]
-    return out
-
-
-# -----------------------------------------------------------------------------
 # layers
 
 
@@ -225,6 +141,12 @@ class ConvLSTMCell(nn.Module):
         self.width, self.forget_bias = width, forget_bias
         self.conv = nn.Conv2d(in_channels + width, 4 * width, kernel, padding=kernel // 2)
         self.norm = nn.GroupNorm(1, width)  # layer norm over (C, H, W), per-channel gain and bias
+        # gates [i, j, f, o]: j's pre-activation doubled (tanh(j) = 2 sigmoid(2j) - 1) and the forget bias added
+        # in the convolution, so that one sigmoid covers all four: elementwise work over channel slices of a
+        # small channels-last map cost more than the convolution itself
+        one, zero = torch.ones(width), torch.zeros(width)
+        self.register_buffer("gate_scale", torch.cat([one, 2 * one, one, one]), persistent=False)
+        self.register_buffer("gate_shift", torch.cat([zero, zero, forget_bias * one, zero]), persistent=False)
 
     def forward(self, x, state):
         if state is None:  # zero state, kept in float32 even under autocast
@@ -232,9 +154,12 @@ class ConvLSTMCell(nn.Module):
             zeros = zeros.contiguous(memory_format=torch.channels_last)
             state = (zeros, zeros)
         h, c = state
-        i, j, f, o = self.conv(torch.cat([x, h.to(x.dtype)], 1)).chunk(4, 1)
-        c = torch.sigmoid(f + self.forget_bias) * c + torch.sigmoid(i) * torch.tanh(j)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        weight = self.conv.weight * self.gate_scale[:, None, None, None]
+        bias = self.conv.bias * self.gate_scale + self.gate_shift
+        z = F.conv2d(torch.cat([x, _batch(h.to(x.dtype), len(x))], 1), weight, bias, padding=self.conv.padding)
+        i, j2, f, o = torch.sigmoid(z).chunk(4, 1)  # sigmoid(i), sigmoid(2j), sigmoid(f + forget_bias), ...
+        c = torch.addcmul(f * c, i, 2 * j2 - 1)  # c = sigmoid(f + fb) c + sigmoid(i) tanh(j)
+        h = o * torch.tanh(c)
         return self.norm(h), (h, c)
 
 
@@ -299,8 +224,10 @@ class VideoPredictionModel(nn.Module):
         h3, lstm[2] = self.lstm3(enc1, lstm[2])
         h4, lstm[3] = self.lstm4(h3, lstm[3])
         enc2 = F.relu(self.enc2(h4))  # (B, w4, H/8, W/8)
-        sa = action if state is None else torch.cat([action, state], 1)  # (B, A [+ S])
+        sa = action if state is None else torch.cat([action, _batch(state, len(action))], 1)  # (B, A [+ S])
+        B = len(sa)  # the encoder's batch is 1 where the frame is shared (``forward``'s shared_context)
         smear = sa[:, :, None, None].expand(-1, -1, *enc2.shape[2:]).to(enc2.dtype)
+        enc2, enc1, enc0 = _batch(enc2, B), _batch(enc1, B), _batch(enc0, B)
         enc3 = F.relu(self.enc3(torch.cat([enc2, smear], 1).contiguous(memory_format=torch.channels_last)))
         h5, lstm[4] = self.lstm5(enc3, lstm[4])  # (B, w5, H/8, W/8)
         enc4 = F.relu(self.enc4(h5))
@@ -317,23 +244,28 @@ class VideoPredictionModel(nn.Module):
     def _transform(self, source, skip_source, kernels, mask_logits):
         cfg = self.config
         k = cfg.transform_kernel
-        B, _, H, W = source.shape
+        B = len(kernels)
+        source, skip_source = _batch(source, B), _batch(skip_source, B)
         with torch.autocast(source.device.type, enabled=False):  # float32: keeps pixel mass exact
+            masks = torch.softmax(mask_logits.float(), 1)  # (B, M, H, W): M = 1 + moved + skip candidates
+            n = cfg.num_kernels if cfg.transform == "cdna" else 1
             if cfg.transform == "cdna":
-                kern = normalize_kernels(kernels.float().view(B, cfg.num_kernels, k * k), 2, cfg.kernel_norm)
-                moved = cdna_transform(source, kern.view(B, cfg.num_kernels, k, k))  # (B, N, Ch, H, W)
+                kern = kernels.float().view(B, n, k * k)
+                kern = transforms.normalize_kernels(kern, 2, cfg.kernel_norm).view(B, n, k, k)
+                if not torch.is_grad_enabled():  # planning: the same sum as one kernel per pixel, no N copies
+                    out = transforms.cdna_composite(source, kern, masks[:, :1 + n])
+                else:
+                    moved = transforms.cdna_transform(source, kern)  # (B, N, Ch, H, W)
+                    # summed part by part, never concatenated into a (B, M, Ch, H, W) tensor (a costly copy)
+                    out = source * masks[:, :1] + (moved * masks[:, 1:1 + n, None]).sum(1)
             else:
-                kern = normalize_kernels(kernels.float(), 1, cfg.kernel_norm)  # (B, k*k, H, W)
-                moved = dna_transform(source, kern)[:, None]  # (B, 1, Ch, H, W)
-            # composite the M = 1 + moved + skip candidates; summed part by part, never concatenated
-            # into a (B, M, Ch, H, W) tensor (a copy that cost ~10% of inference)
-            masks = torch.softmax(mask_logits.float(), 1)[:, :, None]  # (B, M, 1, H, W)
-            n = moved.shape[1]
-            out = source * masks[:, 0] + (moved * masks[:, 1:1 + n]).sum(1)
-            return out + skip_source * masks[:, 1 + n] if cfg.skip else out  # (B, Ch, H, W)
+                kern = transforms.normalize_kernels(kernels.float(), 1, cfg.kernel_norm)  # (B, k*k, H, W)
+                out = source * masks[:, :1] + transforms.dna_transform(source, kern) * masks[:, 1:2]
+            return out + skip_source * masks[:, 1 + n:2 + n] if cfg.skip else out  # (B, Ch, H, W)
 
     def forward(self, frames, actions, states=None, pixels=None, num_context: int = 2,
-                sample_prob: float = 0.0, generator: torch.Generator | None = None) -> VideoPrediction:
+                sample_prob: float = 0.0, generator: torch.Generator | None = None,
+                shared_context: bool = False) -> VideoPrediction:
         """Roll the model out for T = actions.shape[1] steps.
 
         frames   (B, T0, C, H, W) float in [0, 1], num_context <= T0 <= T + 1: ground truth; frames past
@@ -344,9 +276,19 @@ class VideoPredictionModel(nn.Module):
         At step t the input frame (and state) is ground truth if t < num_context, else the model's own
         previous prediction, except that with sample_prob each sequence independently gets ground
         truth (where there is one) at that step: Finn's scheduled sampling, redrawn every step.
+        shared_context: every sequence has the same context (frames, states and pixels up to num_context,
+        the first num_context - 1 actions), as in a planner's batch: the context steps then run once, at
+        batch 1, and the last one's encoder too (the same predictions, a ninth less work at 1 + 8 actions).
         """
         cfg = self.config
         B, T, T0 = self._check_inputs(frames, actions, states, pixels, num_context, sample_prob)
+        if shared_context:
+            if sample_prob > 0:
+                raise ForesightError("shared_context: scheduled sampling (sample_prob > 0) gives each sequence "
+                                     "its own frames; pass shared_context=False")
+            _check_shared(frames, actions, states, pixels, num_context)
+            frames, states = frames[:1, :num_context], None if states is None else states[:1, :num_context]
+            pixels = None if pixels is None else pixels[:1]
         C = cfg.channels
         lstm = [None] * 7
         out_frames, out_states, out_pixels = [], [], []
@@ -365,7 +307,8 @@ class VideoPredictionModel(nn.Module):
                     frame = torch.where(use_truth[:, None, None, None], frames[:, t].float(), frame)
                 if states is not None and t < states.shape[1]:
                     state = torch.where(use_truth[:, None], states[:, t].float(), state)
-            kernels, mask_logits, next_state = self._network(frame, actions[:, t].float(), state, lstm)
+            action = actions[:1 if shared_context and t < num_context - 1 else B, t].float()
+            kernels, mask_logits, next_state = self._network(frame, action, state, lstm)
 
             tracking = pixels is not None and t >= num_context - 1
             if tracking:  # designated pixels ride along as extra channels
@@ -374,7 +317,7 @@ class VideoPredictionModel(nn.Module):
             else:
                 moved = self._transform(frame, skip_frame, kernels, mask_logits)
             frame = moved[:, :C]
-            out_frames.append(frame)
+            out_frames.append(_batch(frame, B))
             if tracking:
                 dist = moved[:, C:]
                 mass = dist.sum((2, 3), keepdim=True)
@@ -382,7 +325,7 @@ class VideoPredictionModel(nn.Module):
                 out_pixels.append(dist)
             if next_state is not None:
                 state = next_state.float()
-                out_states.append(state)
+                out_states.append(_batch(state, B))
 
         return VideoPrediction(
             frames=torch.stack(out_frames, 1),
@@ -487,6 +430,22 @@ class VideoPredictionModel(nn.Module):
 
 def _shape(x):
     return tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+
+
+def _batch(x: torch.Tensor, B: int) -> torch.Tensor:
+    """A batch-1 tensor (a shared context's) broadcast to batch B, in channels-last where it is an image."""
+    if len(x) == B:
+        return x
+    x = x.expand(B, *x.shape[1:])
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def _check_shared(frames, actions, states, pixels, num_context):
+    for name, x in (("frames", frames[:, :num_context]), ("actions", actions[:, :num_context - 1]),
+                    ("states", None if states is None else states[:, :num_context]), ("pixels", pixels)):
+        if x is not None and not bool((x == x[:1]).all()):
+            raise ForesightError(f"{name}: shared_context=True expects the same context in every sequence "
+                                 f"of the batch; sequence {int((x != x[:1]).flatten(1).any(1).nonzero()[0])} differs")
 
 
 # -----------------------------------------------------------------------------

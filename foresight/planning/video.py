@@ -62,9 +62,9 @@ class VideoPredictor:
         amp = "bf16": bf16 autocast (the suite's ``mpc.amp``). latents (P, L), a stochastic model's: every sequence
         under every latent, in one batch -> (P * N, ...), latent-major."""
         start = time.perf_counter()
-        extra = {}
-        if latents is not None:
-            extra["latent"] = latents.repeat_interleave(actions.shape[0], 0)  # (P * N, L)
+        extra = {"shared_context": True}  # every sequence starts from the same frames: the context runs once
+        if latents is not None:  # ... but not under a latent per sequence
+            extra = {"latent": latents.repeat_interleave(actions.shape[0], 0)}  # (P * N, L)
             actions = actions.repeat(len(latents), 1, 1)
         N = actions.shape[0]
         f = frames[None].expand(N, *frames.shape)
