@@ -4,9 +4,9 @@
 Writes benchmarks/results/speed.json (speed_gpu.json when CUDA is present). For the shipped planning model at the
 default suite's CEM settings (plan/point_push.toml), each path side by side in one run:
   reference  the planner's call before issue 23: the context steps re-run for every sequence, CDNA's compositing
-             over N moved copies of the frame;
+             over N moved copies of the frame, a sigmoid or tanh per LSTM gate;
   fast       the planner's call now (``shared_context``: the context runs once; ``transforms.cdna_composite``:
-             the composite as one kernel per pixel).
+             the composite as one kernel per pixel; one sigmoid over the four gates, ``ConvLSTMCell``).
 For each: predicted frames per second at the planner's batch, the model's seconds per replan (`cem.iterations`
 calls of `cem.samples` sequences), GFLOP/s counted as the reference's FLOPs per predicted frame (the fast path does
 less work for the same frames) against a large 3x3 convolution measured in the same run, and where the time goes
@@ -36,7 +36,7 @@ from video import conv_peak_gflops, flops_per_frame  # noqa: E402
 from foresight.envs import make_env  # noqa: E402
 from foresight.evaluation import machine, write_json  # noqa: E402
 from foresight.models import transforms  # noqa: E402
-from foresight.models.video import VideoPredictionModel  # noqa: E402
+from foresight.models.video import ConvLSTMCell, VideoPredictionModel  # noqa: E402
 from foresight.planning import mpc, planners, suites  # noqa: E402
 
 PATHS = ("reference", "fast")
@@ -48,19 +48,30 @@ def path(name: str):
     if name == "fast":
         yield
         return
-    composite, forward = transforms.cdna_composite, VideoPredictionModel.forward
+    saved = transforms.cdna_composite, VideoPredictionModel.forward, ConvLSTMCell.forward
 
     def moved_copies(images, kernels, masks):
         return images * masks[:, :1] + (transforms.cdna_transform(images, kernels) * masks[:, 1:, None]).sum(1)
 
     def every_sequence(self, *args, shared_context=False, **kwargs):
-        return forward(self, *args, **kwargs)
+        return saved[1](self, *args, **kwargs)
 
-    transforms.cdna_composite, VideoPredictionModel.forward = moved_copies, every_sequence
+    def four_gates(self, x, state):  # a sigmoid or tanh per gate, each over a strided channel slice
+        if state is None:
+            zeros = x.new_zeros(x.shape[0], self.width, *x.shape[2:]).contiguous(memory_format=torch.channels_last)
+            state = (zeros, zeros)
+        h, c = state
+        i, j, f, o = self.conv(torch.cat([x, h.expand(len(x), -1, -1, -1)], 1)).chunk(4, 1)
+        c = torch.sigmoid(f + self.forget_bias) * c + torch.sigmoid(i) * torch.tanh(j)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return self.norm(h), (h, c)
+
+    transforms.cdna_composite, VideoPredictionModel.forward, ConvLSTMCell.forward = \
+        moved_copies, every_sequence, four_gates
     try:
         yield
     finally:
-        transforms.cdna_composite, VideoPredictionModel.forward = composite, forward
+        transforms.cdna_composite, VideoPredictionModel.forward, ConvLSTMCell.forward = saved
 
 
 def call_seconds(predictor, context, N, T, repeats: int) -> dict[str, float]:
