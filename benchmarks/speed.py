@@ -5,8 +5,9 @@ Writes benchmarks/results/speed.json (speed_gpu.json when CUDA is present). For 
 default suite's CEM settings (plan/point_push.toml), each path side by side in one run:
   reference  the planner's call before issue 23: the context steps re-run for every sequence, CDNA's compositing
              over N moved copies of the frame, a sigmoid or tanh per LSTM gate;
-  fast       the planner's call now (``shared_context``: the context runs once; ``transforms.cdna_composite``:
-             the composite as one kernel per pixel; one sigmoid over the four gates, ``ConvLSTMCell``).
+  fast       the planner's call now (``shared_context``: the context runs once;
+             ``transforms.cdna_composite_per_pixel``: the composite as one kernel per pixel; one sigmoid over the
+             four gates, ``ConvLSTMCell``).
 For each: predicted frames per second at the planner's batch, the model's seconds per replan (`cem.iterations`
 calls of `cem.samples` sequences), GFLOP/s counted as the reference's FLOPs per predicted frame (the fast path does
 less work for the same frames) against a large 3x3 convolution measured in the same run, and where the time goes
@@ -50,9 +51,6 @@ def path(name: str):
         return
     saved = transforms.cdna_composite, VideoPredictionModel.forward, ConvLSTMCell.forward
 
-    def moved_copies(images, kernels, masks):
-        return images * masks[:, :1] + (transforms.cdna_transform(images, kernels) * masks[:, 1:, None]).sum(1)
-
     def every_sequence(self, *args, shared_context=False, **kwargs):
         return saved[1](self, *args, **kwargs)
 
@@ -67,7 +65,7 @@ def path(name: str):
         return self.norm(h), (h, c)
 
     transforms.cdna_composite, VideoPredictionModel.forward, ConvLSTMCell.forward = \
-        moved_copies, every_sequence, four_gates
+        transforms.cdna_composite_moved, every_sequence, four_gates
     try:
         yield
     finally:

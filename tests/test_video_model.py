@@ -17,7 +17,7 @@ from foresight.models.video import (
     VideoPredictionModel,
     scheduled_sampling_prob,
 )
-from foresight.models.transforms import cdna_composite, cdna_transform, dna_transform
+from foresight.models.transforms import cdna_composite_per_pixel, cdna_transform, dna_transform
 
 
 def _flops_per_frame():
@@ -176,7 +176,7 @@ def test_cdna_composite_is_the_sum_of_the_masked_moved_images():
     images, kernels = torch.rand(3, 4, 12, 10), torch.softmax(torch.randn(3, 5, 49), -1).view(3, 5, 7, 7)
     masks = torch.softmax(torch.randn(3, 6, 12, 10), 1)
     direct = images * masks[:, :1] + (cdna_transform(images, kernels) * masks[:, 1:, None]).sum(1)
-    torch.testing.assert_close(cdna_composite(images, kernels, masks), direct, atol=1e-6, rtol=0)
+    torch.testing.assert_close(cdna_composite_per_pixel(images, kernels, masks), direct, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

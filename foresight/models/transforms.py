@@ -94,12 +94,25 @@ def cdna_composite(images: torch.Tensor, kernels: torch.Tensor, masks: torch.Ten
     """images (B, Ch, H, W), kernels (B, N, k, k) with taps summing to 1, masks (B, 1 + N, H, W) ->
     masks[:, 0] * images + sum_n masks[:, 1 + n] * cdna_transform(images, kernels)[:, n], (B, Ch, H, W).
 
-    The composite is linear in the kernels, so it is one DNA transform with a kernel per pixel,
-    K[b, :, y, x] = sum_n masks[b, 1 + n, y, x] kernels[b, n] (+ masks[b, 0, y, x] at the centre tap, the
-    unmoved image): no N moved copies of the image. Several times faster without gradients (the planner's
-    case, ``benchmarks/speed.py``); with them autograd's backward through it is slower than
-    ``cdna_transform``'s hand-written one, so training keeps that.
+    With gradients (training): the N moved copies, whose backward is ``cdna_transform``'s hand-written one.
+    Without (planning): the same sum as one kernel per pixel (``cdna_composite_per_pixel``), several times faster
+    there (``benchmarks/speed.py``) but slower through autograd's backward.
     """
+    if torch.is_grad_enabled():
+        return cdna_composite_moved(images, kernels, masks)
+    return cdna_composite_per_pixel(images, kernels, masks)
+
+
+def cdna_composite_moved(images, kernels, masks):
+    """``cdna_composite`` over N moved copies, summed part by part (never concatenated with the image into a
+    (B, 1 + N, Ch, H, W) tensor: a costly copy)."""
+    return images * masks[:, :1] + (cdna_transform(images, kernels) * masks[:, 1:, None]).sum(1)
+
+
+def cdna_composite_per_pixel(images, kernels, masks):
+    """``cdna_composite`` as one DNA transform: the composite is linear in the kernels, so its kernel at pixel
+    (y, x) is K[b, :, y, x] = sum_n masks[b, 1 + n, y, x] kernels[b, n] (+ masks[b, 0, y, x] at the centre tap,
+    the unmoved image). No moved copies of the image."""
     B, N, k, _ = kernels.shape
     H, W = images.shape[-2:]
     K = torch.matmul(kernels.reshape(B, N, k * k).transpose(1, 2), masks[:, 1:].reshape(B, N, H * W))

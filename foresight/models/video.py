@@ -252,12 +252,7 @@ class VideoPredictionModel(nn.Module):
             if cfg.transform == "cdna":
                 kern = kernels.float().view(B, n, k * k)
                 kern = transforms.normalize_kernels(kern, 2, cfg.kernel_norm).view(B, n, k, k)
-                if not torch.is_grad_enabled():  # planning: the same sum as one kernel per pixel, no N copies
-                    out = transforms.cdna_composite(source, kern, masks[:, :1 + n])
-                else:
-                    moved = transforms.cdna_transform(source, kern)  # (B, N, Ch, H, W)
-                    # summed part by part, never concatenated into a (B, M, Ch, H, W) tensor (a costly copy)
-                    out = source * masks[:, :1] + (moved * masks[:, 1:1 + n, None]).sum(1)
+                out = transforms.cdna_composite(source, kern, masks[:, :1 + n])
             else:
                 kern = transforms.normalize_kernels(kernels.float(), 1, cfg.kernel_norm)  # (B, k*k, H, W)
                 out = source * masks[:, :1] + transforms.dna_transform(source, kern) * masks[:, 1:2]
