@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	# an older .venv has opencv-python-headless, which would share cv2/ with gym-pusht's opencv-python
+	$(BIN)/python -m pip uninstall --quiet -y opencv-python-headless
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

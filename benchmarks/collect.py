@@ -1,4 +1,4 @@
-"""Collection speed: foresight's PointPush and ArmPush vs gymnasium's own Pusher-v5 rendering path.
+"""Collection speed: foresight's PointPush, ArmPush and PushT vs gymnasium's own Pusher-v5 rendering path.
 
 Writes benchmarks/results/collect.json. All three are measured in this one run, at 64x64, with the
 same number of processes. foresight's figures are whole collections (policy, physics, lean rendering,
@@ -18,13 +18,17 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+
 import foresight  # noqa: F401  (EGL before mujoco)
 from foresight import collect, evaluation, recipes
 
 HERE = Path(__file__).resolve().parent
 
 
-def foresight_fps(recipe_toml: Path, episodes: int, workers: int, overrides: list[str]) -> dict:
+def foresight_fps(recipe_toml: Path, episodes: int, workers: int, overrides: list[str], inspect=None) -> dict:
+    """A whole collection's frames/s and the share of episodes that moved an object; `inspect(dataset)` adds its
+    figures."""
     recipe = recipes.load(collect.CollectRecipe, recipe_toml, [f"episodes={episodes}", "shard_size=25", *overrides])
     out = Path(tempfile.mkdtemp(prefix="bench-collect-"))
     try:
@@ -33,11 +37,35 @@ def foresight_fps(recipe_toml: Path, episodes: int, workers: int, overrides: lis
         seconds = time.perf_counter() - start
         shards = json.loads((out / "d" / "manifest.json").read_text())["shards"]
         moved, several = sum(s["moved"] for s in shards), sum(s["moved_several"] for s in shards)
+        extra = inspect(out / "d") if inspect else {}
     finally:
         shutil.rmtree(out)
     frames = episodes * (recipe.steps + 1)
     return {"fps": frames / seconds, "frames": frames, "seconds": seconds, "moved_fraction": moved / episodes,
-            "moved_several_fraction": several / episodes}
+            "moved_several_fraction": several / episodes, **extra}
+
+
+def pusht_episodes(dataset: Path) -> dict:
+    """PushT's shares of episodes whose T moved >= 2 px and turned >= 10 degrees; whose T was pressed into a wall
+    (a corner more than 5 units into one: gym-pusht's kinematic agent can press it there; resting against a wall it
+    overlaps by Chipmunk's slop, a fraction of a unit); and whose T went through one (a tracked point beyond it)."""
+    import h5py
+
+    from foresight.envs.pusht import on_table, t_points
+
+    both = pressed = through = n = 0
+    for shard in sorted(dataset.glob("shard-*.h5")):
+        with h5py.File(shard) as f:
+            for episode in f.values():
+                points, states = episode["points"][:, :2], episode["states"][:].astype(np.float64)
+                moved = np.linalg.norm(points - points[:1], axis=-1).max() >= collect.MOVED_PX
+                angle = np.unwrap(states[:, 4])
+                both += bool(moved and np.abs(angle - angle[0]).max() >= np.deg2rad(10))
+                pressed += not all(on_table(s, margin=5.0) for s in states)
+                through += bool(((t_points(states) < 5) | (t_points(states) > 506)).any())
+                n += 1
+    return {"moved_and_turned_fraction": both / n, "pressed_into_wall_fraction": pressed / n,
+            "through_wall_fraction": through / n}
 
 
 def _gym_default_worker(steps: int) -> float:
@@ -76,6 +104,7 @@ def main() -> None:
     point = foresight_fps(repo / "data" / "point_push.toml", args.episodes, args.workers, [])
     arm = foresight_fps(repo / "data" / "arm_push.toml", args.episodes, args.workers, [])
     clutter = foresight_fps(repo / "data" / "point_push_clutter.toml", args.episodes, args.workers, [])
+    pusht = foresight_fps(repo / "data" / "pusht.toml", args.episodes, args.workers, [], pusht_episodes)
     point_1 = foresight_fps(repo / "data" / "point_push.toml", args.episodes // 2, 1, [])
     gym_default = gymnasium_default_fps(args.gym_steps, args.workers)
     result = {
@@ -88,10 +117,16 @@ def main() -> None:
         "point_push_clutter_moved_several_fraction": round(clutter["moved_several_fraction"], 3),
         "arm_push_fps": round(arm["fps"], 1),
         "arm_push_moved_fraction": round(arm["moved_fraction"], 3),
+        "pusht_fps": round(pusht["fps"], 1),
+        "pusht_moved_fraction": round(pusht["moved_fraction"], 3),
+        "pusht_moved_and_turned_fraction": round(pusht["moved_and_turned_fraction"], 3),
+        "pusht_pressed_into_wall_fraction": round(pusht["pressed_into_wall_fraction"], 3),
+        "pusht_through_wall_fraction": round(pusht["through_wall_fraction"], 3),
         "gymnasium_default_fps": round(gym_default["fps"], 1),
         "arm_push_ratio": round(arm["fps"] / gym_default["fps"], 1),
         "targets": {"point_push_fps": ">= 500", "arm_push_ratio": ">= 10"},
         "details": {"point_push": point, "point_push_1_worker": point_1, "arm_push": arm, "point_push_clutter": clutter,
+                    "pusht": pusht,
                     "gymnasium_default": gym_default},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

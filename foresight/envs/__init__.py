@@ -19,6 +19,7 @@ from gymnasium.envs.registration import register, registry
 ENVS = {
     "foresight/PointPush-v0": "foresight.envs.point_push:PointPushEnv",
     "foresight/ArmPush-v0": "foresight.envs.arm_push:ArmPushEnv",
+    "foresight/PushT-v0": "foresight.envs.pusht:PushTEnv",
     "foresight/Planar-v0": "foresight.envs.planar:PlanarEnv",
     "foresight/Pendulum-v0": "foresight.envs.pendulum:PendulumEnv",
 }
