@@ -36,8 +36,9 @@ from gym_pusht.envs.pusht import PushTEnv as GymPushT  # noqa: E402
 from pymunk._chipmunk_cffi import ffi, lib as cp  # noqa: E402
 from pymunk.arbiter import _arbiter_from_dict, _arbiter_to_dict  # noqa: E402
 
-from foresight.envs.actions import check_action, check_action_sequences  # noqa: E402
+from foresight.envs.actions import check_action  # noqa: E402
 from foresight.envs.camera import image_shape  # noqa: E402
+from foresight.envs.sim_state import PointRollouts  # noqa: E402
 from foresight.errors import ForesightError  # noqa: E402
 
 WORLD = 512  # the table's side in world units (gym-pusht's window)
@@ -131,7 +132,7 @@ def _decode_arbiter(v: np.ndarray, shapes: list) -> dict:
                 contacts=contacts, n=(v[7], v[8]), swapped=bool(v[9]), stamp=int(v[10]), state=int(v[11]))
 
 
-class PushTEnv(gym.Env):
+class PushTEnv(PointRollouts, gym.Env):
     """image_size: int (square) or (H, W). `reset` draws gym-pusht's start distribution from `self.np_random`, or
     takes `options={"state": [agent x, agent y, block x, block y, angle]}` (at rest) exactly as given, angle first
     (gym-pusht's own reset sets the position first, which moves the block when the angle turns it about its centre
@@ -179,8 +180,7 @@ class PushTEnv(gym.Env):
         return self._observe()
 
     def step(self, action):
-        self._simulate(check_action(self.env_id, action, self.action_space))
-        self._coverage = self.sim._get_coverage()
+        self._coverage = self._simulate(check_action(self.env_id, action, self.action_space))
         reward = float(np.clip(self._coverage / self.sim.success_threshold, 0.0, 1.0))
         obs, info = self._observe()
         return obs, reward, False, False, info
@@ -194,18 +194,19 @@ class PushTEnv(gym.Env):
         return self.sim.get_obs()
 
     def _observe(self):
-        state = self.state()
-        return self.render(), {"state": state.astype(np.float32), "points": self._points(state),
+        return self.render(), {"state": self.state().astype(np.float32), "points": self._points(),
                                "coverage": self._coverage}
 
-    def _points(self, state) -> np.ndarray:
+    def _points(self) -> np.ndarray:
+        state = self.state()
         world = np.concatenate([t_points(state), state[None, :2]])  # (3, 2): t_bar, t_stem, agent
         return world_to_pixels(world, self.height, self.width)
 
-    def _simulate(self, action) -> None:
-        """One step of gym-pusht's physics from a space rebuilt from the current sim state (see the module)."""
+    def _simulate(self, action) -> float:
+        """One step of gym-pusht's physics from a space rebuilt from the current sim state (see the module); returns
+        the coverage of gym-pusht's goal that its step measures."""
         self._restore(self.get_sim_state())
-        self.sim.step(np.clip(action, 0.0, WORLD))
+        return float(self.sim.step(np.clip(action, 0.0, WORLD))[4]["coverage"])
 
     def coverage(self, goal) -> float:
         """gym-pusht's coverage (the fraction of the goal pose's T that the block covers) for a goal state (5,)."""
@@ -244,22 +245,6 @@ class PushTEnv(gym.Env):
         d = aim - state[:2]
         return np.clip(aim + 40 * d / max(np.linalg.norm(d), 1e-9), 150, WORLD - 150).astype(np.float32)
 
-    def rollout_points(self, actions) -> np.ndarray:
-        """Tracked pixels after each action of each sequence, each started from the current state, which is
-        restored afterwards: what an oracle planner scores. (N, T, 2) -> (N, T, 3, 2)."""
-        actions = check_action_sequences(self.env_id, actions, self.action_space)
-        start = self.get_sim_state()
-        out = np.empty((*actions.shape[:2], len(self.point_names), 2), dtype=np.float32)
-        try:
-            for n, sequence in enumerate(actions):
-                self._restore(start)
-                for t, action in enumerate(sequence):
-                    self._simulate(action)
-                    out[n, t] = self._points(self.state())
-        finally:
-            self._restore(start)
-        return out
-
     # -- exact sim state --------------------------------------------------------------------------------------------
     def get_sim_state(self) -> np.ndarray:
         """float64 (STATE_SIZE,): both bodies as Chipmunk holds them, the space's time stamp and last time step,
@@ -287,7 +272,6 @@ class PushTEnv(gym.Env):
             raise ForesightError(f"state: entry {2 * len(BODY_FIELDS) + 2} counts cached contacts, 0 to "
                                  f"{MAX_ARBITERS}, got {state[2 * len(BODY_FIELDS) + 2]:g}")
         self._restore(state)
-        self._coverage = self.sim._get_coverage()
 
     def _restore(self, state: np.ndarray) -> None:
         """A new space (gym-pusht's _setup) holding `state` exactly."""

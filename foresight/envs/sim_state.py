@@ -1,4 +1,4 @@
-"""Exact save and restore of a MuJoCo simulation, for oracle planners (DESIGN.md's contract)."""
+"""Exact save and restore of a MuJoCo simulation, and the rollouts an oracle planner scores (ARCHITECTURE.md)."""
 import numpy as np
 
 import mujoco  # (foresight/__init__.py, imported first, has chosen EGL)
@@ -11,10 +11,10 @@ from foresight.errors import ForesightError
 STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 
 
-class SimState:
-    """Mixed into an environment with ``self.model``, ``self.data``, ``env_id``, ``action_space``,
-    ``_simulate(action)`` (one control step of physics, no rendering, of a checked action) and ``_points()``
-    (the tracked pixels, (K, 2))."""
+class PointRollouts:
+    """Mixed into an environment with ``env_id``, ``action_space``, ``point_names``, ``get_sim_state`` /
+    ``set_sim_state``, ``_simulate(action)`` (one control step of physics, no rendering, of a checked action) and
+    ``_points()`` (the tracked pixels, (K, 2))."""
 
     def rollout_points(self, actions) -> np.ndarray:
         """Tracked pixels after each action of each sequence, each started from the current state,
@@ -31,6 +31,11 @@ class SimState:
         finally:
             self.set_sim_state(start)
         return out
+
+
+
+class SimState(PointRollouts):
+    """PointRollouts for a MuJoCo scene: ``self.model`` and ``self.data`` hold the simulation."""
 
     def get_sim_state(self) -> np.ndarray:
         """The full integration state as float64 (S,)."""
