@@ -141,24 +141,25 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
     source = str(recipe_path)
     store = datasets.EpisodeStore(data_dir)
     shapes = store.manifest["shapes"]
+    facts = {**shapes, "action_space": store.manifest.get("action_space")}  # what a learner reads of the data
     ckpt = checkpoint_dir(run)
     if ckpt is not None and not resume:
         raise ForesightError(f"{run}: already holds a checkpoint; pass --resume to continue it, or "
                              f"--set name=<other> for a new run")
     if resume and ckpt is None:
         raise ForesightError(f"{run}: has no checkpoint to resume from")
-    learner = make_learner(recipe.model, s, shapes, source)
+    learner = make_learner(recipe.model, s, facts, source)
     if resume:  # the stored config wins; a changed dataset is an error, not a crash
         resolved = json.loads((run / "recipe.json").read_text())
         learner = learner_from_resolved(resolved, s, str(run / "recipe.json"))
-    learner.check_data(shapes, str(data_dir))
+    learner.check_data(facts, str(data_dir))
     mix_dirs = [relative_to(recipe_path, d) for d in recipe.data_mix]
     for d in mix_dirs:
         try:
-            mix_shapes = datasets.read_manifest(d)["shapes"]
+            mix = datasets.read_manifest(d)
         except ForesightError as e:
             raise ForesightError(f"{source}: key 'data_mix': {e}") from None
-        learner.check_data(mix_shapes, f"{source}: key 'data_mix': {d}")
+        learner.check_data({**mix["shapes"], "action_space": mix.get("action_space")}, f"{source}: key 'data_mix': {d}")
     for d in (data_dir, *mix_dirs):  # every shard as the manifest says: a damaged dataset does not train
         datasets.EpisodeStore(d).check_shards()
     resolved = {**recipes.to_dict(recipe), "data": str(data_dir), "data_mix": [str(d) for d in mix_dirs],

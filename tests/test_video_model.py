@@ -469,3 +469,21 @@ def test_tracking_loss_is_the_expected_distance_and_can_be_lowered():
         opt.step()
     last = float(loss["track_px"].detach())
     assert last < 0.7 * first, (first, last)
+
+
+def test_action_bounds_scale_actions_to_unit_range():
+    """A model given the environment's action bounds predicts from a in [low, high] what the same weights predict
+    from (a - centre) / half without them (PushT's targets in 0..512 read as -1..1)."""
+    plain = tiny_model("cdna")
+    scaled = tiny_model("cdna", action_low=(0.0, 100.0), action_high=(512.0, 200.0))
+    scaled.load_state_dict(plain.state_dict())  # the bounds are config, not weights
+    g = torch.Generator().manual_seed(3)
+    frames = torch.rand(2, 4, 3, 16, 16, generator=g)
+    unit = torch.rand(2, 3, 2, generator=g) * 2 - 1
+    actions = torch.tensor([256.0, 150.0]) + unit * torch.tensor([256.0, 50.0])
+    with torch.no_grad():
+        a, b = plain(frames, unit, num_context=2).frames, scaled(frames, actions, num_context=2).frames
+    assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ForesightError, match="action_low"):
+        recipes.from_dict(VideoPredictionConfig, dict(image_size=(16, 16), channels=3, action_dim=2,
+                                                      action_low=(1.0, 0.0), action_high=(0.0, 1.0)), "m.toml")

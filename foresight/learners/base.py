@@ -71,7 +71,8 @@ class Learner(Protocol):
 
     @classmethod
     def from_recipe(cls, table: dict, settings: TrainSettings, shapes: dict, source: str) -> Learner:
-        """From the recipe's [model] table and the dataset's shapes; a mistake names the key."""
+        """From the recipe's [model] table and the dataset's shapes (and its manifest's ``action_space``); a mistake
+        names the key."""
 
     @classmethod
     def from_resolved(cls, resolved: dict, settings: TrainSettings, source: str) -> Learner:

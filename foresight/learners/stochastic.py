@@ -24,7 +24,7 @@ from foresight import evaluation, recipes
 from foresight.checkpoints import checkpoint_dir, load_state_dict, read_weights
 from foresight.errors import ForesightError
 from foresight.learners.base import TrainSettings, model_table
-from foresight.learners.video import FROM_DATA, VideoKeys, VideoLearner
+from foresight.learners.video import FROM_DATA, VideoKeys, VideoLearner, action_bounds
 from foresight.models.stochastic import StochasticVideoConfig, StochasticVideoModel, init_from_video, kl_divergence
 from foresight.models.video import PRESETS, VideoPredictionConfig, variant_fields
 from foresight.recipes import spec
@@ -72,7 +72,8 @@ class StochasticVideoLearner(VideoLearner):
             raise ForesightError(f"{source}: key 'train.horizon': context + horizon = {window} frames do not fit "
                                  f"the dataset's episodes of {T1} frames")
         data = dict(image_size=(H, W), channels=C, action_dim=shapes["actions"][-1],
-                    state_dim=shapes["states"][-1] if keys.use_states else 0, window=window)
+                    state_dim=shapes["states"][-1] if keys.use_states else 0, window=window,
+                    **action_bounds(shapes))
         fields = {**PRESETS[keys.preset], **variant_fields(keys.variant), **data, **options}
         config = recipes.from_dict(StochasticVideoConfig, fields, source, prefix="model.")
         return cls(config, settings, keys.use_states, "image_size" in table, keys.kl_weight, keys.kl_warmup_steps)

@@ -20,7 +20,17 @@ from foresight.models.video import (
 )
 from foresight.recipes import spec
 
-FROM_DATA = ("channels", "action_dim", "state_dim")  # config fields the dataset sets (image_size too, unless given)
+# config fields the dataset sets (image_size too, unless given)
+FROM_DATA = ("channels", "action_dim", "state_dim", "action_low", "action_high")
+
+
+def action_bounds(facts: dict) -> dict:
+    """The dataset's action bounds as config fields (none when the manifest has no finite ones)."""
+    space = facts.get("action_space") or {}
+    low, high = space.get("low"), space.get("high")
+    if not low or not high or not np.isfinite(low + high).all():
+        return {}
+    return dict(action_low=tuple(map(float, low)), action_high=tuple(map(float, high)))
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,7 @@ class VideoLearner:
                                  f"{settings.context + settings.horizon} frames do not fit the dataset's "
                                  f"episodes of {T1} frames")
         data = dict(image_size=(H, W), channels=C, action_dim=shapes["actions"][-1],
-                    state_dim=shapes["states"][-1] if keys.use_states else 0)
+                    state_dim=shapes["states"][-1] if keys.use_states else 0, **action_bounds(shapes))
         fields = {**PRESETS[keys.preset], **variant_fields(keys.variant), **data, **options}
         config = recipes.from_dict(VideoPredictionConfig, fields, source, prefix="model.")
         return cls(config, settings, keys.use_states, resize="image_size" in table)
@@ -82,6 +92,11 @@ class VideoLearner:
                                  f"{cfg.state_dim}")
         if T1 < self.window:
             raise ForesightError(f"{where}: episodes of {T1} frames are shorter than a {self.window}-frame window")
+        bounds = action_bounds(shapes)
+        if cfg.action_low and bounds and (bounds["action_low"], bounds["action_high"]) != \
+                (tuple(cfg.action_low), tuple(cfg.action_high)):
+            raise ForesightError(f"{where}: actions span {list(bounds['action_low'])}..{list(bounds['action_high'])}, "
+                                 f"the model reads {list(cfg.action_low)}..{list(cfg.action_high)}")
 
     def windows(self, root, split: str, stride: int = 1, agent_points=None) -> datasets.WindowDataset:
         """The split's windows of a dataset folder, read from its store item by item, at the model's size."""

@@ -93,8 +93,17 @@ class VideoPredictionConfig:
     kernel_norm: str = spec("softmax", choices=KERNEL_NORMS, help="'relu': Finn's relu(x - eps) + eps, divided "
                                                                   "by the sum (learns slower)")
     forget_bias: float = 1.0
+    action_low: tuple[float, ...] = spec((), help="the environment's action bounds (set from the dataset): the "
+                                                  "network sees actions scaled from [low, high] to [-1, 1], so "
+                                                  "that a target position in 0..512 reads as a velocity in -1..1 "
+                                                  "does (empty: as they are)")
+    action_high: tuple[float, ...] = spec(())
 
     def checks(self):
+        if len(self.action_low) != len(self.action_high):
+            yield "action_high", f"as many numbers as action_low ({len(self.action_low)})"
+        elif any(lo >= hi for lo, hi in zip(self.action_low, self.action_high)):
+            yield "action_low", "below action_high in every dimension"
         if any(s % 8 for s in self.image_size):
             yield "image_size", "(H, W) divisible by 8 (three stride-2 stages)"
         for name in ("lstm_kernel", "transform_kernel"):
@@ -177,6 +186,10 @@ class VideoPredictionModel(nn.Module):
         self.config = cfg = config
         w1, w2, w3, w4, w5, w6, w7 = cfg.widths
         H, W = cfg.image_size
+        # the action bounds' centre and half range (not in the state dict: the config holds them)
+        low, high = (torch.tensor(b, dtype=torch.float32) for b in (cfg.action_low, cfg.action_high))
+        self.register_buffer("action_centre", (low + high) / 2, persistent=False)
+        self.register_buffer("action_half", (high - low) / 2, persistent=False)
         k, fb = cfg.lstm_kernel, cfg.forget_bias
 
         def up(c):  # 3x3 stride-2 transposed convolution: doubles H and W
@@ -224,6 +237,9 @@ class VideoPredictionModel(nn.Module):
         h3, lstm[2] = self.lstm3(enc1, lstm[2])
         h4, lstm[3] = self.lstm4(h3, lstm[3])
         enc2 = F.relu(self.enc2(h4))  # (B, w4, H/8, W/8)
+        n = len(self.action_half)  # the first n entries are the environment's action (a latent may follow)
+        if n:
+            action = torch.cat([(action[:, :n] - self.action_centre) / self.action_half, action[:, n:]], 1)
         sa = action if state is None else torch.cat([action, _batch(state, len(action))], 1)  # (B, A [+ S])
         B = len(sa)  # the encoder's batch is 1 where the frame is shared (``forward``'s shared_context)
         smear = sa[:, :, None, None].expand(-1, -1, *enc2.shape[2:]).to(enc2.dtype)
