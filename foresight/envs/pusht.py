@@ -216,8 +216,17 @@ class PushTEnv(PointRollouts, gym.Env):
         finally:
             self.sim.goal_pose = default
 
+    def goal_reached(self, goal) -> bool:
+        """DINO-WM's success (``pose_success``) of the current state for a goal state (5,)."""
+        return pose_success(self.state(), goal)
+
     # -- what the robot knows of its own body ---------------------------------------------------------------------
     agent_pixels = staticmethod(agent_pixels)
+
+    def rest_action(self) -> np.ndarray:
+        """The action that holds the agent where it is: its own position as the target (an action of 0 would send
+        it to the table's corner). A planner's prior and the model's past action before the first step."""
+        return np.asarray(self.sim.agent.position, dtype=np.float32)
 
     def agent_path(self, actions) -> np.ndarray:
         """The agent's (row, col) pixel after each action of each sequence (N, T, 2) -> (N, T, 2), from its position

@@ -11,6 +11,9 @@ iCEM (Pinneri et al., CoRL 2020, arXiv:2008.06389) adds, and this module offers 
     keep elites      a fraction of each iteration's elites is scored again in the next iteration
     shift            warm start: the last plan's mean (and kept elites), shifted by the executed decisions
 
+The prior mean is the middle of the bounds (a velocity of 0 where actions are velocities), or the action a
+caller sets (``set_prior``: an environment's ``rest_action``, where actions are target positions).
+
 The optimizer never sees what it scores: `score` maps float32 action sequences (N, H, A) to costs (N,),
 lower is better. Samples are clipped to the action bounds before they are scored, so the elites, the refitted
 mean and the returned plans always lie inside them. All sampling goes through one torch.Generator: a CEM with
@@ -127,7 +130,8 @@ class CEM:
                 f"low must be < high in every dimension, got low={self.low.tolist()} high={self.high.tolist()}"
             )
         self.action_dim = self.low.shape[0]
-        self.centre = (self.low + self.high) / 2  # (A,) the prior mean
+        self.centre = (self.low + self.high) / 2  # (A,) the middle of the bounds
+        self.prior = self.centre  # (A,) the prior mean (``set_prior``)
         self.half = (self.high - self.low) / 2  # (A,)
         self.generator = torch.Generator().manual_seed(config.seed)
         self._mean = None  # (H, A) warm start: the last plan's mean, shifted
@@ -144,7 +148,12 @@ class CEM:
     @property
     def initial_mean(self) -> torch.Tensor:
         """(H, A) the mean the next plan starts from: the shifted warm start, or the centre of the bounds."""
-        return self.centre.expand(self.horizon, self.action_dim).clone() if self._mean is None else self._mean.clone()
+        return self.prior.expand(self.horizon, self.action_dim).clone() if self._mean is None else self._mean.clone()
+
+    def set_prior(self, action) -> None:
+        """Centre the prior on ``action`` (A,) instead of the bounds' middle: where actions are targets (PushT's
+        agent position), the prior holds still. A cold start and the decisions a shift appends use it."""
+        self.prior = torch.maximum(torch.minimum(torch.as_tensor(action, dtype=torch.float32), self.high), self.low)
 
     def reset(self):
         """Forget the warm start (a new episode)."""
@@ -165,7 +174,7 @@ class CEM:
             self._elites = self._shifted(self._elites, executed)
 
     def _shifted(self, x, executed):  # (..., H, A) -> (..., H, A)
-        tail = self.centre.expand(*x.shape[:-2], executed, self.action_dim)
+        tail = self.prior.expand(*x.shape[:-2], executed, self.action_dim)
         return torch.cat([x[..., executed:, :], tail], dim=-2)
 
     def plan(self, score: Score, generator: torch.Generator | None = None) -> PlanResult:

@@ -43,6 +43,7 @@ class Outcome:
     model_seconds_per_replan: float
     distances: list[float] = field(default_factory=list)  # mean true distance to the goals after each step
     in_goal: list[bool] = field(default_factory=list)  # in the goal region after each step
+    final_state: list[float] | None = None  # the true state at the end (info["state"])
     video: list[np.ndarray] = field(default_factory=list, repr=False)
     episode: dict | None = field(default=None, repr=False)
 
@@ -54,9 +55,12 @@ class Outcome:
         return {"task": self.task.index, "seed": self.task.seed, "designated": self.task.designated.tolist(),
                 "goals": self.task.goals.tolist(), "start_distance": round(self.start_distance, 3),
                 "final_distance": round(self.final_distance, 3), "success": self.success,
+                "success_any_step": bool(any(self.in_goal)),
                 "percent_in_goal": round(self.percent_in_goal, 2),
                 "seconds_per_replan": round(self.seconds_per_replan, 4),
-                "distance_per_step": [round(d, 2) for d in self.distances]}
+                "distance_per_step": [round(d, 2) for d in self.distances], "final_state": self.final_state,
+                **({"episode": self.task.episode, "start_step": self.task.start_step,
+                    "goal_state": self.task.goal_state.tolist()} if self.task.episode is not None else {})}
 
 
 def run_task(env: gym.Env, task: Task, suite, planner: str, model=None, record: bool = True,
@@ -79,7 +83,7 @@ def run_task(env: gym.Env, task: Task, suite, planner: str, model=None, record: 
         for j, action in enumerate(actions):
             obs, _, _, _, info = env.step(action)
             agent.observe(obs, info, action)
-            distance, now_inside = suites.judge(suite, task, info)
+            distance, now_inside = suites.judge(suite, task, info, env)
             distances.append(distance), inside.append(now_inside)
             if episode is not None:
                 for key, value in (("frames", obs), ("actions", action), ("states", info["state"]),
@@ -94,7 +98,7 @@ def run_task(env: gym.Env, task: Task, suite, planner: str, model=None, record: 
         start_distance=float(np.linalg.norm(task.designated - task.goals, axis=-1).mean()),
         final_distance=distances[-1], success=inside[-1], replans=agent.replans,
         seconds_per_replan=plan_seconds / replans, model_seconds_per_replan=agent.model_seconds / replans,
-        distances=distances, in_goal=inside, video=video,
+        distances=distances, in_goal=inside, final_state=[float(x) for x in info["state"]], video=video,
         episode={k: np.stack(v) for k, v in episode.items()} if episode is not None else None)
 
 
@@ -127,6 +131,8 @@ def aggregate(outcomes: list[Outcome]) -> dict:
     replans = [o for o in outcomes if o.replans]
     return {
         "tasks": n, "success": round(float(success.mean()), 4), "success_ci95": ci(success),
+        # in the goal region at any step, as DINO-WM counts success (``success`` is the last step's)
+        "success_any_step": round(float(np.mean([any(o.in_goal) for o in outcomes])), 4),
         "final_over_start": round(float(ratio.mean()), 4), "final_over_start_ci95": ci(ratio),
         "mean_final_distance": round(float(np.mean([o.final_distance for o in outcomes])), 3),
         "mean_start_distance": round(float(np.mean([o.start_distance for o in outcomes])), 3),
@@ -292,7 +298,7 @@ def _from_record(record: dict, task: Task, planner: str) -> Outcome | None:
     return Outcome(task=task, planner=planner, start_distance=r["start_distance"], final_distance=r["final_distance"],
                    success=r["success"], replans=r["replans"], seconds_per_replan=r["seconds_per_replan"],
                    model_seconds_per_replan=r["model_seconds_per_replan"], distances=list(r["distances"]),
-                   in_goal=list(r["in_goal"]))
+                   in_goal=list(r["in_goal"]), final_state=record.get("final_state"))
 
 
 _WORKER = None  # (env, suite, model) in a task process

@@ -57,8 +57,9 @@ class CEMPlanner:
     """Model-predictive CEM: at each replan, search action sequences whose rollouts the cost likes best, execute
     the best one's first actions, warm-start the next search from the rest (``CEM.shift``)."""
 
-    def __init__(self, cem: CEM, rollouts, cost):
-        self.cem, self.rollouts, self.cost = cem, rollouts, cost
+    def __init__(self, cem: CEM, rollouts, cost, rest=None):
+        # rest: the environment's rest_action, where it has one: each plan's prior holds the agent still
+        self.cem, self.rollouts, self.cost, self.rest = cem, rollouts, cost, rest
         self.replans = 0
 
     @property
@@ -74,6 +75,8 @@ class CEMPlanner:
 
     def act(self, obs, info, steps: int) -> np.ndarray:
         self.rollouts.begin(obs, info)
+        if self.rest is not None:
+            self.cem.set_prior(self.rest())
         plan = self.cem.expand(self.cem.plan(self.score).best)  # (H * repeat, A)
         self.rollouts.chosen(plan)
         self.cem.shift(max(1, steps // self.cem.config.repeat))
@@ -116,23 +119,27 @@ def make(name: str, suite, env, task, obs, model=None):
         rollouts = VideoRollouts(model, env, task, obs, m.track, m.amp, m.latent_samples) if name == "model" \
             else oracle.SimulatorPixels(env, suite, task)
         size = model.image_size if name == "model" else (H, W)
+        goal_frame = model.frames([task.goal_frame])[0] if name == "model" and task.goal_frame is not None else None
         context = CostContext(goals=task.goals, image_size=size, camera_size=(H, W), half=(high - low) / 2,
-                              success_px=suite.success_px)
-        cost = build_cost(suite.cost, context, ("designated_pixels", "approach", "effort"))
-        return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost)
+                              success_px=suite.success_px, goal_frame=goal_frame)
+        # a goal image is a cost the model can read where the task has one (goal = 'trajectory')
+        terms = ("designated_pixels", "approach", "effort") + (("goal_image",) if goal_frame is not None else ())
+        cost = build_cost(suite.cost, context, terms)
+        return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost, getattr(env.unwrapped, "rest_action", None))
     if name == "model":  # a video model toward a goal image
         rollouts = VideoRollouts(model, env, task, obs)
         context = CostContext(half=(high - low) / 2, goal_frame=model.frames([task.goal_frame])[0])
         cost = build_cost(suite.cost, context, ("goal_image", "effort"))
-        return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost)
+        return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost, getattr(env.unwrapped, "rest_action", None))
     context = CostContext(half=(high - low) / 2)
     cost = build_cost(suite.cost, context, ("goal_distance", "effort"))
+    rest = getattr(env.unwrapped, "rest_action", None)
     if name == "oracle":
-        return CEMPlanner(CEM(suite.cem, low, high), oracle.SimulatorGoalDistance(env, suite, task), cost)
+        return CEMPlanner(CEM(suite.cem, low, high), oracle.SimulatorGoalDistance(env, suite, task), cost, rest)
     rollouts = LatentRollouts(model, task, obs)
     if name == "ilqr":
         return ILQRPlanner(rollouts, cost, low, high, suite.ilqr)
-    return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost)
+    return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost, rest)
 
 
 def load_model(run):

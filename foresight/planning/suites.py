@@ -53,7 +53,10 @@ def heldout(suite, source: str = "suite"):
     if not suite.heldout_seed:
         raise ForesightError(f"{source}: key 'heldout_seed': this suite has no held-out twin (set heldout_seed to a "
                              f"seed other than seed = {suite.seed})")
-    return dataclasses.replace(suite, name=f"{suite.name}_heldout", seed=suite.heldout_seed)
+    twin = dataclasses.replace(suite, name=f"{suite.name}_heldout", seed=suite.heldout_seed)
+    if getattr(suite, "goal", None) == "trajectory":
+        twin = dataclasses.replace(twin, goal_data=suite.heldout_goal_data)
+    return twin
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,17 @@ class DesignatedPixelSuite:
                                             "same suite on these other tasks, which no setting was tuned on")
     steps: int = spec(45, min=1, help="environment steps per task")
     designated: int = spec(1, min=1, help="how many objects (the first ones) are designated")
-    goal: str = spec("offset", choices=("offset", "env"),
-                     help="'offset': goal pixels goal_min_px..goal_max_px from the start; 'env': info['goal_pixel']")
+    goal: str = spec("offset", choices=("offset", "env", "trajectory"),
+                     help="'offset': goal pixels goal_min_px..goal_max_px from the start; 'env': info['goal_pixel']; "
+                          "'trajectory': a start state of a recorded episode (goal_data) and its state goal_after "
+                          "steps later (DINO-WM's protocol)")
+    goal_data: str = spec("", help="goal = 'trajectory': the dataset whose episodes give the start-goal pairs "
+                                   "(relative to the suite file); the held-out twin reads heldout_goal_data")
+    heldout_goal_data: str = spec("", help="goal = 'trajectory': the held-out twin's dataset (other episodes)")
+    goal_after: int = spec(25, min=1, help="goal = 'trajectory': environment steps from the start state to the goal")
+    success: str = spec("pixels", choices=("pixels", "state"),
+                        help="'pixels': every designated object within success_px of its goal pixel; 'state': the "
+                             "environment's own criterion on the true state (goal_reached, e.g. PushT's pose)")
     goal_min_px: float = spec(8.0, min=0.0)
     goal_max_px: float = spec(20.0, min=0.0)
     goal_margin_px: float = spec(10.0, min=0.0, help="offset goals stay this far inside the image border")
@@ -97,6 +109,12 @@ class DesignatedPixelSuite:
         yield from _heldout_seed(self)
         if self.goal_min_px > self.goal_max_px:
             yield "goal_min_px", f"at most goal_max_px ({self.goal_max_px})"
+        if self.goal == "trajectory" and not self.goal_data:
+            yield "goal_data", "a dataset of episodes for goal = 'trajectory'"
+        if self.goal == "trajectory" and self.heldout_seed and self.heldout_goal_data in ("", self.goal_data):
+            yield "heldout_goal_data", "the held-out twin's own dataset, not goal_data's episodes"
+        if self.success == "state" and self.goal != "trajectory":
+            yield "success", "'pixels' unless goal = 'trajectory' (only it gives goal states)"
         yield from _unknown_planners(self)
 
     @property
@@ -154,7 +172,8 @@ Suite = DesignatedPixelSuite | GoalImageSuite
 
 
 def load(path, overrides=()) -> Suite:
-    """Read a suite file of either kind (its ``kind`` key, designated_pixels by default)."""
+    """Read a suite file of either kind (its ``kind`` key, designated_pixels by default); its dataset paths are
+    taken relative to the file."""
     try:
         kind = tomllib.loads(Path(path).read_text()).get("kind", "designated_pixels")
     except (OSError, tomllib.TOMLDecodeError):
@@ -164,7 +183,11 @@ def load(path, overrides=()) -> Suite:
             kind = item.split("=", 1)[1].strip().strip("'\"")
     if kind not in SUITES:
         raise ForesightError(f"{path}: key 'kind': expected one of {list(SUITES)}, got {kind!r}")
-    return recipes.load(SUITES[kind], path, overrides)
+    suite = recipes.load(SUITES[kind], path, overrides)
+    if kind == "designated_pixels":
+        suite = dataclasses.replace(suite, **{key: str(Path(path).parent / getattr(suite, key))
+                                              for key in ("goal_data", "heldout_goal_data") if getattr(suite, key)})
+    return suite
 
 
 @dataclass
@@ -176,6 +199,8 @@ class Task:
     reset_options: dict = field(default_factory=dict)  # with the seed, puts the environment at the start state
     goal_frame: np.ndarray | None = field(default=None, repr=False)  # (H, W, C) uint8, goal-image tasks
     goal_state: np.ndarray | None = None  # (S,) the true goal state, when the goal was given as one
+    episode: int | None = None  # goal = 'trajectory': the goal dataset's episode and the start's step in it
+    start_step: int | None = None
 
 
 def check(suite: Suite, env: gym.Env) -> None:
@@ -191,6 +216,9 @@ def check(suite: Suite, env: gym.Env) -> None:
                                  f"got {suite.designated}")
         if suite.goal == "env" and "goal_pixel" not in info:
             raise ForesightError(f"key 'goal': {suite.env} has no goal pixel; use goal = 'offset'")
+        if suite.success == "state" and not hasattr(u, "goal_reached"):
+            raise ForesightError(f"key 'success': {suite.env} has no goal_reached (its own success criterion); "
+                                 f"use success = 'pixels'")
         return
     S = len(info["state"])
     if suite.start_low and len(suite.start_low) != S:
@@ -210,6 +238,8 @@ def make_tasks(suite: Suite, env: gym.Env, source: str = "suite") -> list[Task]:
     """The seeded tasks of a suite; a mistake names ``source`` (the suite file) and the key."""
     try:
         check(suite, env)
+        if getattr(suite, "goal", None) == "trajectory":
+            return trajectory_tasks(suite, env)
         return [make_task(suite, env, i, np.random.default_rng([suite.seed, i])) for i in range(suite.tasks)]
     except ForesightError as e:
         raise ForesightError(f"{source}: {e}") from None
@@ -228,6 +258,40 @@ def make_task(suite: Suite, env: gym.Env, index: int, rng: np.random.Generator) 
     else:
         goals = np.stack([_offset_goal(p, suite, H, W, rng) for p in designated])
     return Task(index, seed, designated, goals, dict(suite.reset_options))
+
+
+def trajectory_tasks(suite: DesignatedPixelSuite, env: gym.Env) -> list[Task]:
+    """DINO-WM's start-goal pairs: task i starts at a state of one of goal_data's episodes (each episode used at
+    most once, in an order drawn with the suite's seed) and its goal is the state goal_after steps later."""
+    from foresight.datasets import EpisodeStore
+
+    try:
+        store = EpisodeStore(suite.goal_data)
+    except ForesightError as e:
+        raise ForesightError(f"key 'goal_data': {e}") from None
+    if store.manifest["env"]["id"] != suite.env:
+        raise ForesightError(f"key 'goal_data': {suite.goal_data} holds {store.manifest['env']['id']} episodes, "
+                             f"the suite runs {suite.env}")
+    steps = store.shapes["actions"][0]
+    if steps < suite.goal_after:
+        raise ForesightError(f"key 'goal_after': {suite.goal_data}'s episodes have {steps} steps, fewer than "
+                             f"goal_after = {suite.goal_after}")
+    if suite.tasks > len(store):
+        raise ForesightError(f"key 'tasks': {suite.goal_data} has {len(store)} episodes, fewer than "
+                             f"tasks = {suite.tasks}")
+    rng = np.random.default_rng(suite.seed)
+    episodes = rng.permutation(len(store))[:suite.tasks]
+    tasks = []
+    for i, e in enumerate(episodes):
+        t = int(rng.integers(steps - suite.goal_after + 1))
+        states = store.read(int(e), "states")
+        start, goal = states[t].astype(np.float64), states[t + suite.goal_after].astype(np.float64)
+        goal_frame, goal_info = _reset(env, 0, {"state": goal.tolist()}, "goal_data")
+        _, info = _reset(env, 0, {"state": start.tolist()}, "goal_data")
+        K = suite.designated
+        tasks.append(Task(i, 0, info["points"][:K].astype(np.float64), goal_info["points"][:K].astype(np.float64),
+                          {"state": start.tolist()}, goal_frame, goal, episode=int(e), start_step=t))
+    return tasks
 
 
 def _offset_goal(point, suite: DesignatedPixelSuite, H: int, W: int, rng) -> np.ndarray:
@@ -271,10 +335,13 @@ def _reset(env, seed, options, key):
         raise ForesightError(f"key {key!r}: {e}") from None
 
 
-def judge(suite: Suite, task: Task, info: dict) -> tuple[float, bool]:
-    """(the designated objects' mean distance to their goal pixels, inside the goal region) of the true scene."""
+def judge(suite: Suite, task: Task, info: dict, env: gym.Env | None = None) -> tuple[float, bool]:
+    """(the designated objects' mean distance to their goal pixels, inside the goal region) of the true scene;
+    ``env`` judges a suite with success = 'state' (its ``goal_reached``)."""
     K = len(task.goals)
     distances = np.linalg.norm(info["points"][:K] - task.goals, axis=-1)
+    if isinstance(suite, DesignatedPixelSuite) and suite.success == "state":
+        return float(distances.mean()), bool(env.unwrapped.goal_reached(task.goal_state))
     if isinstance(suite, DesignatedPixelSuite):
         return float(distances.mean()), bool((distances <= suite.success_px).all())
     return float(distances.mean()), region_distance(suite, task, info) <= suite.region_radius

@@ -126,7 +126,8 @@ class VideoRollouts:
         H, W = obs.shape[:2]
         self.camera_size, self.image_size = (H, W), predictor.image_size
         self.frames = [obs] * self.context
-        self.past = [np.zeros(env.action_space.shape, np.float32)] * (self.context - 1)
+        rest = getattr(env.unwrapped, "rest_action", None)  # the action that keeps the scene still (0 by default)
+        self.past = [rest() if rest else np.zeros(env.action_space.shape, np.float32)] * (self.context - 1)
         self.known = task.designated  # where the planner knows the designated pixels are (camera pixels)
         self.dist = pixels.delta_distribution(self._to_model(task.designated)[None], *self.image_size)[0]  # (K, h, w)
         self.tracker = make_tracking(track, obs, task.designated, self.image_size, self.camera_size)
