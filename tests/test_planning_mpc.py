@@ -146,6 +146,9 @@ def test_the_model_time_scale_must_match_the_suite(point_push_env):
     with pytest.raises(ForesightError, match=r"s.toml: key 'env_kwargs.action_repeat': the model was trained "
                                              r"with action_repeat = 3, the suite runs 1"):
         predictor.check_env("foresight/PointPush-v0", {}, point_push_env, "s.toml")
+    with pytest.raises(ForesightError, match=r"^--model: trained on foresight/PointPush-v0 data, the suite runs "
+                                             r"foresight/PushT-v0$"):  # the same image and action sizes
+        predictor.check_env("foresight/PushT-v0", {}, point_push_env, "s.toml")
 
 
 def test_task_processes_give_the_same_outcomes(tmp_path):

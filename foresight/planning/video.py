@@ -44,6 +44,8 @@ class VideoPredictor:
         if shape[-1] != cfg.channels or cfg.action_dim != env.action_space.shape[0]:
             raise ForesightError(f"--model: predicts {cfg.channels}-channel images with {cfg.action_dim}-d actions, "
                                  f"{env_id} gives {shape} images with {env.action_space.shape[0]}-d actions")
+        if self.trained_env and self.trained_env.get("id") not in (None, env_id):
+            raise ForesightError(f"--model: trained on {self.trained_env['id']} data, the suite runs {env_id}")
         if self.trained_env:
             trained = self.trained_env.get("kwargs", {}).get("action_repeat", 1)
             if self.trained_env.get("id") == env_id and trained != env_kwargs.get("action_repeat", 1):
