@@ -223,7 +223,8 @@ def cmd_plan(args) -> int:
                   f"region, in it at the end {100 * s['success']:.0f}% of {s['tasks']}, "
                   f"{s['seconds_per_replan']:.3f} s per replan")
         else:
-            print(f"[{p:>6}] success {100 * s['success']:.0f}% of {s['tasks']}, final/start "
+            print(f"[{p:>6}] success {100 * s['success']:.0f}% of {s['tasks']} at the end "
+                  f"({100 * s['success_any_step']:.0f}% at any step), final/start "
                   f"{s['final_over_start']:.2f}, {s['seconds_per_replan']:.2f} s per replan")
     resumed = sum(summary[p]["resumed"] for p in names)
     print(f"results in {out} (summary.json, videos per planner)"
