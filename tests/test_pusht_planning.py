@@ -114,6 +114,7 @@ def test_learner_reads_the_action_bounds_and_refuses_other_ones():
     with pytest.raises(ForesightError, match=r"^mix: actions span \[-1.0, -1.0\]"):
         learner.check_data(other, "mix")
     assert action_bounds({"action_space": {"low": [-np.inf], "high": [np.inf]}}) == {}
+    assert action_bounds({"action_space": {"low": [-1.0, -1.0], "high": [1.0, 1.0]}}) == {}  # nothing to scale
 
 
 def test_bad_suites_name_their_key(trajectories, tmp_path):

@@ -25,10 +25,11 @@ FROM_DATA = ("channels", "action_dim", "state_dim", "action_low", "action_high")
 
 
 def action_bounds(facts: dict) -> dict:
-    """The dataset's action bounds as config fields (none when the manifest has no finite ones)."""
+    """The dataset's action bounds as config fields: none when the manifest has no finite ones, or when they are
+    -1..1 already (no scaling; such models read as those trained before bounds were recorded)."""
     space = facts.get("action_space") or {}
     low, high = space.get("low"), space.get("high")
-    if not low or not high or not np.isfinite(low + high).all():
+    if not low or not high or not np.isfinite(low + high).all() or (set(low), set(high)) == ({-1.0}, {1.0}):
         return {}
     return dict(action_low=tuple(map(float, low)), action_high=tuple(map(float, high)))
 
@@ -92,10 +93,10 @@ class VideoLearner:
                                  f"{cfg.state_dim}")
         if T1 < self.window:
             raise ForesightError(f"{where}: episodes of {T1} frames are shorter than a {self.window}-frame window")
-        bounds = action_bounds(shapes)
-        if cfg.action_low and bounds and (bounds["action_low"], bounds["action_high"]) != \
-                (tuple(cfg.action_low), tuple(cfg.action_high)):
-            raise ForesightError(f"{where}: actions span {list(bounds['action_low'])}..{list(bounds['action_high'])}, "
+        space = shapes.get("action_space") or {}
+        low, high = space.get("low"), space.get("high")
+        if cfg.action_low and low and (tuple(low), tuple(high)) != (tuple(cfg.action_low), tuple(cfg.action_high)):
+            raise ForesightError(f"{where}: actions span {list(low)}..{list(high)}, "
                                  f"the model reads {list(cfg.action_low)}..{list(cfg.action_high)}")
 
     def windows(self, root, split: str, stride: int = 1, agent_points=None) -> datasets.WindowDataset:
