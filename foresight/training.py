@@ -130,6 +130,11 @@ def learning_rate(s: TrainSettings, step: int) -> float:
     return 0.5 * s.lr * (1 + math.cos(math.pi * (step - start) / s.lr_decay_steps))
 
 
+def data_facts(manifest: dict) -> dict:
+    """What a learner reads of a dataset: its shapes and its action bounds."""
+    return {**manifest["shapes"], "action_space": manifest.get("action_space")}
+
+
 def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, run: Path | None = None,
           progress: bool = True) -> Path:
     """Train (or resume) the run of ``recipe``; return the run folder."""
@@ -141,7 +146,7 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
     source = str(recipe_path)
     store = datasets.EpisodeStore(data_dir)
     shapes = store.manifest["shapes"]
-    facts = {**shapes, "action_space": store.manifest.get("action_space")}  # what a learner reads of the data
+    facts = data_facts(store.manifest)
     ckpt = checkpoint_dir(run)
     if ckpt is not None and not resume:
         raise ForesightError(f"{run}: already holds a checkpoint; pass --resume to continue it, or "
@@ -159,7 +164,7 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
             mix = datasets.read_manifest(d)
         except ForesightError as e:
             raise ForesightError(f"{source}: key 'data_mix': {e}") from None
-        learner.check_data({**mix["shapes"], "action_space": mix.get("action_space")}, f"{source}: key 'data_mix': {d}")
+        learner.check_data(data_facts(mix), f"{source}: key 'data_mix': {d}")
     for d in (data_dir, *mix_dirs):  # every shard as the manifest says: a damaged dataset does not train
         datasets.EpisodeStore(d).check_shards()
     resolved = {**recipes.to_dict(recipe), "data": str(data_dir), "data_mix": [str(d) for d in mix_dirs],

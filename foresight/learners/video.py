@@ -93,11 +93,11 @@ class VideoLearner:
                                  f"{cfg.state_dim}")
         if T1 < self.window:
             raise ForesightError(f"{where}: episodes of {T1} frames are shorter than a {self.window}-frame window")
-        space = shapes.get("action_space") or {}
-        low, high = space.get("low"), space.get("high")
-        if cfg.action_low and low and (tuple(low), tuple(high)) != (tuple(cfg.action_low), tuple(cfg.action_high)):
-            raise ForesightError(f"{where}: actions span {list(low)}..{list(high)}, "
-                                 f"the model reads {list(cfg.action_low)}..{list(cfg.action_high)}")
+        space = shapes.get("action_space")
+        model = dict(action_low=tuple(cfg.action_low), action_high=tuple(cfg.action_high)) if cfg.action_low else {}
+        if space and action_bounds(shapes) != model:  # a manifest without bounds (older datasets) is taken on trust
+            reads = f"{list(cfg.action_low)}..{list(cfg.action_high)}" if cfg.action_low else "-1..1"
+            raise ForesightError(f"{where}: actions span {space['low']}..{space['high']}, the model reads {reads}")
 
     def windows(self, root, split: str, stride: int = 1, agent_points=None) -> datasets.WindowDataset:
         """The split's windows of a dataset folder, read from its store item by item, at the model's size."""

@@ -237,9 +237,6 @@ class VideoPredictionModel(nn.Module):
         h3, lstm[2] = self.lstm3(enc1, lstm[2])
         h4, lstm[3] = self.lstm4(h3, lstm[3])
         enc2 = F.relu(self.enc2(h4))  # (B, w4, H/8, W/8)
-        n = len(self.action_half)  # the first n entries are the environment's action (a latent may follow)
-        if n:
-            action = torch.cat([(action[:, :n] - self.action_centre) / self.action_half, action[:, n:]], 1)
         sa = action if state is None else torch.cat([action, _batch(state, len(action))], 1)  # (B, A [+ S])
         B = len(sa)  # the encoder's batch is 1 where the frame is shared (``forward``'s shared_context)
         smear = sa[:, :, None, None].expand(-1, -1, *enc2.shape[2:]).to(enc2.dtype)
@@ -300,6 +297,10 @@ class VideoPredictionModel(nn.Module):
             _check_shared(frames, actions, states, pixels, num_context)
             frames, states = frames[:1, :num_context], None if states is None else states[:1, :num_context]
             pixels = None if pixels is None else pixels[:1]
+        n = len(self.action_half)  # scaled to -1..1: the first n entries are the environment's (a latent may follow)
+        if n:
+            actions = torch.cat([(actions[..., :n].float() - self.action_centre) / self.action_half,
+                                 actions[..., n:].float()], -1)
         C = cfg.channels
         lstm = [None] * 7
         out_frames, out_states, out_pixels = [], [], []

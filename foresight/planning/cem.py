@@ -130,8 +130,7 @@ class CEM:
                 f"low must be < high in every dimension, got low={self.low.tolist()} high={self.high.tolist()}"
             )
         self.action_dim = self.low.shape[0]
-        self.centre = (self.low + self.high) / 2  # (A,) the middle of the bounds
-        self.prior = self.centre  # (A,) the prior mean (``set_prior``)
+        self.prior = (self.low + self.high) / 2  # (A,) the prior mean: the middle of the bounds, or ``set_prior``'s
         self.half = (self.high - self.low) / 2  # (A,)
         self.generator = torch.Generator().manual_seed(config.seed)
         self._mean = None  # (H, A) warm start: the last plan's mean, shifted
@@ -147,7 +146,7 @@ class CEM:
 
     @property
     def initial_mean(self) -> torch.Tensor:
-        """(H, A) the mean the next plan starts from: the shifted warm start, or the centre of the bounds."""
+        """(H, A) the mean the next plan starts from: the shifted warm start, or the prior mean."""
         return self.prior.expand(self.horizon, self.action_dim).clone() if self._mean is None else self._mean.clone()
 
     def set_prior(self, action) -> None:

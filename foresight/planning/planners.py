@@ -111,6 +111,7 @@ def model_planners(suite, model) -> list[str]:
 def make(name: str, suite, env, task, obs, model=None):
     """The planner ``name`` for one task of ``suite``, whose episode starts at ``obs``."""
     low, high = env.action_space.low, env.action_space.high
+    rest = getattr(env.unwrapped, "rest_action", None)  # where actions are targets: CEM's prior holds the agent still
     if name == "random":
         return RandomPlanner(low, high, suite.cem.repeat, np.random.default_rng([suite.seed, task.index, 7]))
     H, W = obs.shape[:2]
@@ -125,15 +126,14 @@ def make(name: str, suite, env, task, obs, model=None):
         # a goal image is a cost the model can read where the task has one (goal = 'trajectory')
         terms = ("designated_pixels", "approach", "effort") + (("goal_image",) if goal_frame is not None else ())
         cost = build_cost(suite.cost, context, terms)
-        return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost, getattr(env.unwrapped, "rest_action", None))
+        return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost, rest)
     if name == "model":  # a video model toward a goal image
         rollouts = VideoRollouts(model, env, task, obs)
         context = CostContext(half=(high - low) / 2, goal_frame=model.frames([task.goal_frame])[0])
         cost = build_cost(suite.cost, context, ("goal_image", "effort"))
-        return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost, getattr(env.unwrapped, "rest_action", None))
+        return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost, rest)
     context = CostContext(half=(high - low) / 2)
     cost = build_cost(suite.cost, context, ("goal_distance", "effort"))
-    rest = getattr(env.unwrapped, "rest_action", None)
     if name == "oracle":
         return CEMPlanner(CEM(suite.cem, low, high), oracle.SimulatorGoalDistance(env, suite, task), cost, rest)
     rollouts = LatentRollouts(model, task, obs)
