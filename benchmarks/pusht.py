@@ -8,11 +8,15 @@ Writes benchmarks/results/pusht.json. Steps:
      goal given as the goal state's designated pixels (the T's two keypoints and the agent);
   3. the model again with the goal image instead (cost: goal_image only);
   4. per pair: gym-pusht's coverage of the goal pose at the end, and the pair's difficulty (the block's
-     displacement and rotation from start to goal).
+     displacement and rotation from start to goal);
+  5. gym-pusht's own task (plan/pusht_gym.toml's held-out twin: its random start, its fixed goal pose, 300 steps,
+     success when the block covers 95% of the goal region) with the model and the oracle.
 
 Success counts a pair reached at any step (DINO-WM's and stable-worldmodel's count) and, separately, at the last.
 
-    python benchmarks/pusht.py [--reuse] [--workers 2] [--tasks N]
+    python benchmarks/pusht.py [--reuse] [--workers 2] [--tasks N] [--gym-tasks N] [--runs points,image,gym]
+
+Each run keeps its finished tasks (foresight plan resumes), so an interrupted benchmark picks up where it stopped.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ PUBLISHED = {  # PushT success, 50 pairs, the goal 25 steps along a held-out tra
     "LeWM, stable-worldmodel, budget 50 steps": 0.96,
 }
 SUITE = REPO / "plan" / "pusht.toml"
+GYM_SUITE = REPO / "plan" / "pusht_gym.toml"
 
 
 def spread(x) -> dict:
@@ -75,12 +80,28 @@ def figures(summary: dict, env, tasks) -> dict:
             "model_seconds_per_replan": summary["model_seconds_per_replan"]}
 
 
+def gym_task(summary: dict, env) -> dict:
+    """gym-pusht's own task: success (coverage above 0.95) at any step, and the block's coverage at the end."""
+    final = []
+    for record in summary["per_task"]:
+        _, info = env.reset(options={"state": record["final_state"]})
+        final.append(info["coverage"])
+    return {"success": summary["success_any_step"], "final_coverage": round(float(np.mean(final)), 4),
+            "final_coverage_per_task": [round(c, 3) for c in final],
+            "mean_final_distance_px": summary["mean_final_distance"],
+            "mean_start_distance_px": summary["mean_start_distance"],
+            "seconds_per_replan": summary["seconds_per_replan"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reuse", action="store_true", help="keep an existing trained run")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--tasks", type=int, default=None, help="pairs (default: the suite's 50)")
-    ap.add_argument("--skip-plan", action="store_true", help="summarise the last runs' results only")
+    ap.add_argument("--gym-tasks", type=int, default=None, help="gym-pusht's own task: starts (default: the "
+                    "suite's)")
+    ap.add_argument("--runs", default="points,image,gym", help="which runs to plan (the others' last results are "
+                    "summarised): points, image, gym")
     args = ap.parse_args()
 
     from foresight import evaluation, recipes
@@ -94,17 +115,24 @@ def main() -> None:
     quality = json.loads((run / "eval.json").read_text())
 
     overrides = [f"tasks={args.tasks}"] if args.tasks else []
+    gym_overrides = [f"tasks={args.gym_tasks}"] if args.gym_tasks else []
     twin = suites.heldout(suites.load(SUITE, overrides))
+    gym_twin = suites.heldout(suites.load(GYM_SUITE, gym_overrides))
     results = REPO / "plan" / "results"
-    runs = {"points": (["model", "random", "oracle"], []),
-            "image": (["model"], ["cost.designated_pixels=0", "cost.goal_image=1"])}
+    runs = {"points": ("pusht_heldout_points", SUITE, ["model", "random", "oracle"], overrides),
+            "image": ("pusht_heldout_image", SUITE, ["model"],
+                      overrides + ["cost.designated_pixels=0", "cost.goal_image=1"]),
+            "gym": ("pusht_gym_heldout", GYM_SUITE, ["model", "oracle"], gym_overrides)}
+    unknown = set(args.runs.split(",")) - set(runs)
+    if unknown:
+        raise SystemExit(f"--runs: unknown {sorted(unknown)}, expected some of {list(runs)}")
     summaries = {}
-    for name, (planners, costs) in runs.items():
-        out = results / f"pusht_heldout_{name}"
-        if not args.skip_plan:
-            cmd = [EXE, "plan", str(SUITE), "--heldout", "--model", str(run), "--planners", ",".join(planners),
+    for name, (folder, suite, planners, items) in runs.items():
+        out = results / folder
+        if name in args.runs.split(","):
+            cmd = [EXE, "plan", str(suite), "--heldout", "--model", str(run), "--planners", ",".join(planners),
                    "--workers", str(args.workers), "--videos", "10", "--no-progress", "--out", str(out)]
-            for item in overrides + costs:
+            for item in items:
                 cmd += ["--set", item]
             sh(*cmd)
         summaries[name] = json.loads((out / "summary.json").read_text())
@@ -114,6 +142,7 @@ def main() -> None:
         tasks = suites.make_tasks(twin, env, str(SUITE))
         per = {p: figures(summaries["points"][p], env, tasks) for p in ("model", "random", "oracle")}
         per["model_goal_image"] = figures(summaries["image"]["model"], env, tasks)
+        own = {p: gym_task(summaries["gym"][p], env) for p in ("model", "oracle")}
     finally:
         env.close()
     trained = minutes.get("pusht")
@@ -128,6 +157,8 @@ def main() -> None:
         "train_minutes": None if trained is None else round(trained, 1),
         **difficulty(tasks, twin.env_kwargs.get("image_size", 64)),
         "planners": per, "published": PUBLISHED,
+        "gym_pusht_task": {"suite": f"{gym_twin.name} ({GYM_SUITE.relative_to(REPO)} --heldout)",
+                           "tasks": summaries["gym"]["model"]["tasks"], "budget_steps": gym_twin.steps, **own},
         "model_run": str(run.relative_to(REPO)), "model_psnr_gain_db": round(quality["psnr_gain_db"], 2),
         "model_tracking_ratio": round(quality.get("tracking_ratio", float("nan")), 3),
         "cem": recipes.to_dict(twin)["cem"],

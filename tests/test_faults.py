@@ -566,10 +566,9 @@ def test_a_rerun_with_other_settings_is_refused_and_fresh_starts_over(tmp_path, 
                       resolved={**recipes.to_dict(resumed), "model": None, "model_sha256": None})
 
 
-def test_resuming_with_task_processes(uninterrupted, tmp_path, monkeypatch):
+def test_a_run_extended_to_more_tasks_keeps_the_finished_ones_with_task_processes(uninterrupted, tmp_path):
     out = tmp_path / "workers"
     mpc.run_suite(suite(tasks=1), out, None, ["oracle"], progress=False, videos=2, resume=True)
-    (out / "oracle" / "run.json").write_text((uninterrupted / "oracle" / "run.json").read_text())  # 3 tasks
     summary = mpc.run_suite(suite(), out, None, ["oracle"], progress=False, videos=2, resume=True, workers=2)
     assert summary["oracle"]["resumed"] == 1
     assert untimed(summary["oracle"]) == untimed(read(uninterrupted)["oracle"])

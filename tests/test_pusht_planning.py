@@ -1,5 +1,6 @@
 """PushT's planning protocol: start-goal pairs from recorded trajectories, success by the true pose."""
 import dataclasses
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 
 import foresight  # noqa: F401  (registers the environments)
 from foresight import collect, datasets, recipes
+from foresight.envs import pusht
 from foresight.errors import ForesightError
 from foresight.learners.video import VideoLearner, action_bounds
 from foresight.learners import TrainSettings
@@ -133,5 +135,33 @@ def test_bad_suites_name_their_key(trajectories, tmp_path):
     point_push = gym.make("foresight/PointPush-v0")
     with pytest.raises(ForesightError, match="key 'success'.*goal_reached"):
         suites.make_tasks(dataclasses.replace(suite(trajectories), env="foresight/PointPush-v0", designated=1),
+                          point_push, "s")
+    point_push.close()
+
+
+def test_gym_pusht_task_goals_are_its_goal_pose_and_success_its_coverage():
+    """plan/pusht_gym.toml: gym-pusht's random start, its fixed goal pose's T pixels, success by its coverage."""
+    s = suites.load(Path(__file__).resolve().parent.parent / "plan" / "pusht_gym.toml", ["tasks=2"])
+    env = gym.make(s.env)
+    u = env.unwrapped
+    tasks = suites.make_tasks(s, env)
+    goal_pose = [0.0, 0.0, *u.sim.goal_pose]
+    for task in tasks:
+        np.testing.assert_allclose(task.goals, pusht.world_to_pixels(pusht.t_points(goal_pose), 64, 64))
+        _, info = env.reset(seed=task.seed, options=task.reset_options)
+        assert info["coverage"] < 0.95 and not suites.judge(s, task, info, env)[1]  # a random start is not done
+    frame, _ = env.reset(options={"state": [50.0, 50.0, 100.0, 450.0, 0.0]})  # the T far from its goal region
+    for r, c in np.round(tasks[0].goals).astype(int):  # the goal pixels show gym-pusht's light green region
+        assert frame[r, c, 1] > 200 and frame[r, c, 0] < 180 and frame[r, c, 2] < 180, frame[r, c]
+    _, info = env.reset(options={"state": [50.0, 50.0, *u.sim.goal_pose]})  # the T on its goal pose
+    assert info["coverage"] > 0.95 and suites.judge(s, tasks[0], info, env)[1]
+    _, info = env.reset(options={"state": [50.0, 50.0, u.sim.goal_pose[0] + 12, *u.sim.goal_pose[1:]]})
+    assert 0.5 < info["coverage"] < 0.95 and not suites.judge(s, tasks[0], info, env)[1]
+    with pytest.raises(ForesightError, match="key 'designated': foresight/PushT-v0 gives 2 goal pixels"):
+        suites.make_tasks(dataclasses.replace(s, designated=3), env, "s")
+    env.close()
+    point_push = gym.make("foresight/PointPush-v0")
+    with pytest.raises(ForesightError, match="key 'success'.*is_success"):
+        suites.make_tasks(dataclasses.replace(s, env="foresight/PointPush-v0", designated=1, goal="offset"),
                           point_push, "s")
     point_push.close()

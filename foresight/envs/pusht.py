@@ -12,8 +12,10 @@ info["state"]: float32 (5,) = gym-pusht's state [agent x, agent y, block x, bloc
     block's position is its body origin, the middle of the bar's outer edge.
 info["points"]: float32 (3, 2), the (row, col) pixels of `point_names`: two points of the T (the middle of its bar,
     and of the square at its stem's end; the T's pose follows from them) and the agent.
-Reward: gym-pusht's (its goal region's coverage / 0.95, at most 1); info["coverage"] beside it. An episode never
-    terminates: foresight's tasks set their own goals (``pose_success``, ``coverage``).
+info["goal_pixel"]: float32 (2, 2), the T's two points at gym-pusht's own goal pose (its fixed green region).
+Reward: gym-pusht's (its goal region's coverage / 0.95, at most 1); info["coverage"] beside it, and
+    info["is_success"] its success (coverage above 0.95). An episode never terminates: foresight's tasks set their
+    own goals and budgets (``pose_success``, ``coverage``).
 
 Exact sim state: gym-pusht's state leaves out the velocities and the solver's memory (the contact impulses Chipmunk
 carries from step to step to warm-start its solver, and each body's position-correction velocity, which the next
@@ -154,6 +156,7 @@ class PushTEnv(PointRollouts, gym.Env):
         self.action_space = gym.spaces.Box(0.0, float(WORLD), (2,), np.float32)
         self._coverage = 0.0
         self._restore(self._resting([256, 400, 256, 300, 0]))  # gym-pusht's layout before its reset
+        self._goal_pixel = world_to_pixels(t_points(np.r_[0.0, 0.0, self.sim.goal_pose]), self.height, self.width)
 
     # -- the contract --------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -195,7 +198,8 @@ class PushTEnv(PointRollouts, gym.Env):
 
     def _observe(self):
         return self.render(), {"state": self.state().astype(np.float32), "points": self._points(),
-                               "coverage": self._coverage}
+                               "goal_pixel": self._goal_pixel, "coverage": self._coverage,
+                               "is_success": self._coverage > self.sim.success_threshold}
 
     def _points(self) -> np.ndarray:
         state = self.state()

@@ -223,8 +223,8 @@ def _first_difference(old, new, prefix: str = "") -> str | None:
 
 def _finished(folder: Path, settings: dict, tasks: list[Task], videos: int) -> dict[int, Outcome]:
     """The outcomes recorded in ``folder`` by an earlier run with the same ``settings``: a task counts when its
-    record is there, matches the task, and (for a task with a video) its GIF is there too. Different settings are
-    refused: the records are another run's."""
+    record is there, matches the task, and (for a task with a video) its GIF is there too. Different settings (but
+    the number of tasks) are refused: the records are another run's."""
     run_file = folder / RUN_FILE
     if not run_file.exists():
         return {}
@@ -232,7 +232,8 @@ def _finished(folder: Path, settings: dict, tasks: list[Task], videos: int) -> d
         old = json.loads(run_file.read_text())
     except (OSError, ValueError):
         raise ForesightError(f"{run_file}: unreadable; pass --fresh to start the results in {folder} over") from None
-    key = _first_difference(old, settings)
+    key = _first_difference({**old, "tasks": None}, {**settings, "tasks": None})  # task i is the same in a longer
+    # run (tasks are pure functions of (suite, i)), so a run may be extended to more tasks
     if key is not None:
         there, now = _lookup(old, key), _lookup(settings, key)
         raise ForesightError(f"{folder}: holds results of a different run ({key} = {there} there, {now} now); "

@@ -84,16 +84,18 @@ class DesignatedPixelSuite:
     steps: int = spec(45, min=1, help="environment steps per task")
     designated: int = spec(1, min=1, help="how many objects (the first ones) are designated")
     goal: str = spec("offset", choices=("offset", "env", "trajectory"),
-                     help="'offset': goal pixels goal_min_px..goal_max_px from the start; 'env': info['goal_pixel']; "
+                     help="'offset': goal pixels goal_min_px..goal_max_px from the start; 'env': info['goal_pixel'], "
+                          "the environment's own goal (one pixel for all, or one per designated object); "
                           "'trajectory': a start state of a recorded episode (goal_data) and its state goal_after "
                           "steps later (DINO-WM's protocol)")
     goal_data: str = spec("", help="goal = 'trajectory': the dataset whose episodes give the start-goal pairs "
                                    "(relative to the suite file); the held-out twin reads heldout_goal_data")
     heldout_goal_data: str = spec("", help="goal = 'trajectory': the held-out twin's dataset (other episodes)")
     goal_after: int = spec(25, min=1, help="goal = 'trajectory': environment steps from the start state to the goal")
-    success: str = spec("pixels", choices=("pixels", "state"),
+    success: str = spec("pixels", choices=("pixels", "state", "env"),
                         help="'pixels': every designated object within success_px of its goal pixel; 'state': the "
-                             "environment's own criterion on the true state (goal_reached, e.g. PushT's pose)")
+                             "environment's own criterion for a goal state (goal_reached, e.g. PushT's pose); "
+                             "'env': its own task's (info['is_success'], e.g. gym-pusht's coverage above 0.95)")
     goal_min_px: float = spec(8.0, min=0.0)
     goal_max_px: float = spec(20.0, min=0.0)
     goal_margin_px: float = spec(10.0, min=0.0, help="offset goals stay this far inside the image border")
@@ -216,6 +218,13 @@ def check(suite: Suite, env: gym.Env) -> None:
                                  f"got {suite.designated}")
         if suite.goal == "env" and "goal_pixel" not in info:
             raise ForesightError(f"key 'goal': {suite.env} has no goal pixel; use goal = 'offset'")
+        goals = np.asarray(info.get("goal_pixel", np.zeros(2))).reshape(-1, 2)
+        if suite.goal == "env" and len(goals) not in (1, suite.designated):
+            raise ForesightError(f"key 'designated': {suite.env} gives {len(goals)} goal pixels (goal = 'env'), "
+                                 f"got {suite.designated} designated")
+        if suite.success == "env" and "is_success" not in info:
+            raise ForesightError(f"key 'success': {suite.env} has no task of its own (info['is_success']); "
+                                 f"use success = 'pixels'")
         if suite.success == "state" and not hasattr(u, "goal_reached"):
             raise ForesightError(f"key 'success': {suite.env} has no goal_reached (its own success criterion); "
                                  f"use success = 'pixels'")
@@ -254,7 +263,8 @@ def make_task(suite: Suite, env: gym.Env, index: int, rng: np.random.Generator) 
     H, W = obs.shape[:2]
     designated = info["points"][:suite.designated].astype(np.float64)
     if suite.goal == "env":
-        goals = np.asarray(info["goal_pixel"], dtype=np.float64).reshape(1, 2).repeat(suite.designated, 0)
+        goals = np.asarray(info["goal_pixel"], dtype=np.float64).reshape(-1, 2)
+        goals = goals.repeat(suite.designated, 0) if len(goals) == 1 else goals
     else:
         goals = np.stack([_offset_goal(p, suite, H, W, rng) for p in designated])
     return Task(index, seed, designated, goals, dict(suite.reset_options))
@@ -337,11 +347,13 @@ def _reset(env, seed, options, key):
 
 def judge(suite: Suite, task: Task, info: dict, env: gym.Env | None = None) -> tuple[float, bool]:
     """(the designated objects' mean distance to their goal pixels, inside the goal region) of the true scene;
-    ``env`` judges a suite with success = 'state' (its ``goal_reached``)."""
+    ``env`` judges a suite with success = 'state' (its ``goal_reached``), ``info`` one with success = 'env'."""
     K = len(task.goals)
     distances = np.linalg.norm(info["points"][:K] - task.goals, axis=-1)
     if isinstance(suite, DesignatedPixelSuite) and suite.success == "state":
         return float(distances.mean()), bool(env.unwrapped.goal_reached(task.goal_state))
+    if isinstance(suite, DesignatedPixelSuite) and suite.success == "env":
+        return float(distances.mean()), bool(info["is_success"])
     if isinstance(suite, DesignatedPixelSuite):
         return float(distances.mean()), bool((distances <= suite.success_px).all())
     return float(distances.mean()), region_distance(suite, task, info) <= suite.region_radius
