@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep an existing trained run")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--tasks", type=int, default=None, help="pairs (default: the suite's 50)")
+    ap.add_argument("--image-tasks", type=int, default=None, help="the goal-image run's pairs (default: --tasks)")
     ap.add_argument("--gym-tasks", type=int, default=None, help="gym-pusht's own task: starts (default: the "
                     "suite's)")
     ap.add_argument("--runs", default="points,image,gym", help="which runs to plan (the others' last results are "
@@ -115,15 +116,16 @@ def main() -> None:
     quality = json.loads((run / "eval.json").read_text())
 
     overrides = [f"tasks={args.tasks}"] if args.tasks else []
+    image_overrides = [f"tasks={args.image_tasks}"] if args.image_tasks else overrides
     gym_overrides = [f"tasks={args.gym_tasks}"] if args.gym_tasks else []
     twin = suites.heldout(suites.load(SUITE, overrides))
     gym_twin = suites.heldout(suites.load(GYM_SUITE, gym_overrides))
     results = REPO / "plan" / "results"
     runs = {"points": ("pusht_heldout_points", SUITE, ["model", "random", "oracle"], overrides),
             "image": ("pusht_heldout_image", SUITE, ["model"],
-                      overrides + ["cost.designated_pixels=0", "cost.goal_image=1"]),
+                      image_overrides + ["cost.designated_pixels=0", "cost.goal_image=1"]),
             "gym": ("pusht_gym_heldout", GYM_SUITE, ["model", "oracle"], gym_overrides)}
-    unknown = set(args.runs.split(",")) - set(runs)
+    unknown = set(args.runs.split(",")) - set(runs) - {""}
     if unknown:
         raise SystemExit(f"--runs: unknown {sorted(unknown)}, expected some of {list(runs)}")
     summaries = {}
@@ -152,7 +154,8 @@ def main() -> None:
         "tasks": len(tasks), "budget_steps": twin.steps, "goal_after": twin.goal_after,
         "success": per["model"]["success"], "success_final": per["model"]["success_final"],
         "success_random": per["random"]["success"], "success_oracle": per["oracle"]["success"],
-        "success_goal_image": per["model_goal_image"]["success"], "coverage": per["model"]["coverage"],
+        "success_goal_image": per["model_goal_image"]["success"], "goal_image_tasks": summaries["image"]["tasks"],
+        "coverage": per["model"]["coverage"],
         "seconds_per_replan": per["model"]["seconds_per_replan"],
         "train_minutes": None if trained is None else round(trained, 1),
         **difficulty(tasks, twin.env_kwargs.get("image_size", 64)),

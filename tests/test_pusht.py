@@ -146,6 +146,32 @@ def test_agent_path_is_the_executed_path(env):
     np.testing.assert_allclose(pusht.agent_pixels(env.state(), 64, 64)[0], executed[-1], atol=1e-3)
 
 
+def test_relative_actions_offset_the_target_from_the_agent():
+    """actions = 'relative': the target is the agent's position plus the offset; the same physics as the target
+    itself, agent_path agrees exactly, and the rest action (0) holds the agent."""
+    absolute, relative = gym.make("foresight/PushT-v0").unwrapped, gym.make("foresight/PushT-v0", actions="relative").unwrapped
+    assert relative.action_space.low.tolist() == [-1, -1] and relative.action_space.high.tolist() == [1, 1]
+    start = {"state": [200.0, 300.0, 260.0, 260.0, 0.3]}
+    absolute.reset(options=start), relative.reset(options=start)
+    rng = np.random.default_rng(4)
+    offsets = rng.uniform(-1, 1, (12, 2))
+    path = relative.agent_path(offsets[None])[0]
+    for a, expected in zip(offsets, path):
+        target = absolute.state()[:2] + pusht.RELATIVE_REACH * a
+        _, _, _, _, info = relative.step(a)
+        _, _, _, _, same = absolute.step(target)
+        np.testing.assert_array_equal(info["state"], same["state"])  # the same target, the same physics
+        np.testing.assert_allclose(info["points"][2], expected, atol=1e-3)
+    assert relative.rest_action().tolist() == [0.0, 0.0]
+    held = relative.state()
+    for _ in range(30):  # the agent comes to rest where it is
+        relative.step(relative.rest_action())
+    assert np.linalg.norm(relative.state()[:2] - held[:2]) < 25
+    steer = relative.steer_toward(0)
+    assert steer.shape == (2,) and np.abs(steer).max() <= 1.0
+    absolute.close(), relative.close()
+
+
 def test_pose_success_and_coverage(env):
     goal = np.array([200, 200, 300, 300, 0.1])
     assert pusht.pose_success(goal, goal)
@@ -172,6 +198,7 @@ def test_bad_input_one_line(env):
         (lambda: env.set_sim_state(before[:-1]), f"state: expected {pusht.STATE_SIZE} finite numbers"),
         (lambda: env.rollout_points(np.zeros((2, 3))), "foresight/PushT-v0: action sequences of shape (2, 3)"),
         (lambda: gym.make("foresight/PushT-v0", image_size=0), "image_size: expected positive ints"),
+        (lambda: gym.make("foresight/PushT-v0", actions="velocity"), "actions: expected one of target, relative"),
     ]
     for call, message in cases:
         with pytest.raises(ForesightError) as e:

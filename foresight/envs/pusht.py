@@ -7,7 +7,10 @@ environment contract (ARCHITECTURE.md).
 
 World: 512 x 512 units, y down. A world point (x, y) is pixel (row, col) = (y H / 512 - 0.5, x W / 512 - 0.5) of an
 H x W image (the scene is drawn at 512 x 512 and area-averaged down).
-Action: (2,) in [0, 512], the agent's target position (its PD controller pulls it there); clipped to the table.
+Action: with actions = "target" (gym-pusht's), (2,) in [0, 512], the agent's target position (its PD controller pulls
+    it there); with actions = "relative" (DINO-WM's), (2,) in [-1, 1], the target's offset from the agent's position
+    in units of RELATIVE_REACH: a command whose effect does not depend on where the agent is, which a model learns
+    from pixels as it learns a velocity. Targets are clipped to the table.
 info["state"]: float32 (5,) = gym-pusht's state [agent x, agent y, block x, block y, block angle in [0, 2 pi)]; the
     block's position is its body origin, the middle of the bar's outer edge.
 info["points"]: float32 (3, 2), the (row, col) pixels of `point_names`: two points of the T (the middle of its bar,
@@ -49,6 +52,8 @@ T_POINTS = {"t_bar": (0.0, 15.0), "t_stem": (0.0, 105.0)}  # in the block's fram
 T_CORNERS = [(-60, 0), (60, 0), (60, 30), (-60, 30), (-15, 30), (15, 30), (15, 120), (-15, 120)]  # bar, then stem
 WALL_LOW, WALL_HIGH = 7, 504  # the walls' inner faces
 RESET_AGENT, RESET_BLOCK = (50, 450), (100, 400)  # gym-pusht's reset draws integer positions in these, angle U(-pi, pi)
+RELATIVE_REACH = 100.0  # world units of a relative action of 1: its PD controller covers ~26% of it in a step from rest
+ACTIONS = ("target", "relative")
 SUCCESS_DISTANCE, SUCCESS_ANGLE = 20.0, np.pi / 9  # DINO-WM's success: positions and angle close to the goal's
 
 # A body as Chipmunk's cpBody holds it, doubles from index 8: p (the centre of gravity), v, f, a, w, t, the transform
@@ -145,15 +150,19 @@ class PushTEnv(PointRollouts, gym.Env):
     point_names = [*T_POINTS, "agent"]
     dt = 0.1  # seconds per step (gym-pusht's control rate)
 
-    def __init__(self, render_mode: str | None = "rgb_array", image_size=64):
+    def __init__(self, render_mode: str | None = "rgb_array", image_size=64, actions: str = "target"):
         if render_mode not in (None, "rgb_array"):
             raise ForesightError(f"render_mode: expected 'rgb_array', got {render_mode!r}")
+        if actions not in ACTIONS:
+            raise ForesightError(f"actions: expected one of {', '.join(ACTIONS)}, got {actions!r}")
         _check_body_layout()
         self.render_mode = render_mode
         self.height, self.width = image_shape(image_size)
+        self.relative = actions == "relative"
         self.sim = GymPushT(obs_type="state", render_mode="rgb_array")
         self.observation_space = gym.spaces.Box(0, 255, (self.height, self.width, 3), np.uint8)
-        self.action_space = gym.spaces.Box(0.0, float(WORLD), (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32) if self.relative else \
+            gym.spaces.Box(0.0, float(WORLD), (2,), np.float32)
         self._coverage = 0.0
         self._restore(self._resting([256, 400, 256, 300, 0]))  # gym-pusht's layout before its reset
         self._goal_pixel = world_to_pixels(t_points(np.r_[0.0, 0.0, self.sim.goal_pose]), self.height, self.width)
@@ -198,7 +207,7 @@ class PushTEnv(PointRollouts, gym.Env):
 
     def _observe(self):
         return self.render(), {"state": self.state().astype(np.float32), "points": self._points(),
-                               "goal_pixel": self._goal_pixel, "coverage": self._coverage,
+                               "goal_pixel": self._goal_pixel.copy(), "coverage": self._coverage,
                                "is_success": self._coverage > self.sim.success_threshold}
 
     def _points(self) -> np.ndarray:
@@ -210,7 +219,15 @@ class PushTEnv(PointRollouts, gym.Env):
         """One step of gym-pusht's physics from a space rebuilt from the current sim state (see the module); returns
         the coverage of gym-pusht's goal that its step measures."""
         self._restore(self.get_sim_state())
-        return float(self.sim.step(np.clip(action, 0.0, WORLD))[4]["coverage"])
+        return float(self.sim.step(self.target(action))[4]["coverage"])
+
+    def target(self, action) -> np.ndarray:
+        """The agent's target position (2,) in world units for an action: the action itself, or (relative) the
+        agent's position plus the action's offset; on the table."""
+        action = np.asarray(action, dtype=np.float64)
+        if self.relative:
+            action = np.asarray(self.sim.agent.position) + RELATIVE_REACH * np.clip(action, -1.0, 1.0)
+        return np.clip(action, 0.0, WORLD)
 
     def coverage(self, goal) -> float:
         """gym-pusht's coverage (the fraction of the goal pose's T that the block covers) for a goal state (5,)."""
@@ -230,18 +247,19 @@ class PushTEnv(PointRollouts, gym.Env):
     def rest_action(self) -> np.ndarray:
         """The action that holds the agent where it is: its own position as the target (an action of 0 would send
         it to the table's corner). A planner's prior and the model's past action before the first step."""
-        return np.asarray(self.sim.agent.position, dtype=np.float32)
+        return np.zeros(2, np.float32) if self.relative else np.asarray(self.sim.agent.position, dtype=np.float32)
 
     def agent_path(self, actions) -> np.ndarray:
         """The agent's (row, col) pixel after each action of each sequence (N, T, 2) -> (N, T, 2), from its position
         and velocity by gym-pusht's PD law alone: the agent is kinematic, so nothing it touches changes its path."""
-        actions = np.clip(np.asarray(actions, dtype=np.float64), 0.0, WORLD)
+        actions = np.asarray(actions, dtype=np.float64)
         sim = self.sim
         p = np.broadcast_to(np.array(sim.agent.position), actions.shape[:-2] + (2,)).copy()
         v = np.broadcast_to(np.array(sim.agent.velocity), p.shape).copy()
         out = np.empty(actions.shape)
         for t in range(actions.shape[-2]):
             a = actions[..., t, :]
+            a = np.clip(p + RELATIVE_REACH * np.clip(a, -1.0, 1.0) if self.relative else a, 0.0, WORLD)
             for _ in range(round(1 / (sim.dt * sim.control_hz))):
                 v = v + (sim.k_p * (a - p) + sim.k_v * (0 - v)) * sim.dt
                 p = p + v * sim.dt
@@ -251,12 +269,16 @@ class PushTEnv(PointRollouts, gym.Env):
     def steer_toward(self, k: int) -> np.ndarray:
         """A target 40 units beyond point `k` of the T (the agent's own point: the T's centre of gravity) on the
         agent's line toward it: an exploration policy's way to push the T there, off centre and so turning it. Kept
-        150 units from the walls: the kinematic agent would press a T against a wall through it."""
+        150 units from the walls: the kinematic agent would press a T against a wall through it. As an action: the
+        target, or (relative) its offset from the agent, as far as an action reaches."""
         state = self.state()
         block = self.sim.block
         aim = t_points(state)[k] if k < len(T_POINTS) else np.array(block.local_to_world(block.center_of_gravity))
         d = aim - state[:2]
-        return np.clip(aim + 40 * d / max(np.linalg.norm(d), 1e-9), 150, WORLD - 150).astype(np.float32)
+        target = np.clip(aim + 40 * d / max(np.linalg.norm(d), 1e-9), 150, WORLD - 150)
+        if self.relative:
+            return np.clip((target - state[:2]) / RELATIVE_REACH, -1.0, 1.0).astype(np.float32)
+        return target.astype(np.float32)
 
     # -- exact sim state --------------------------------------------------------------------------------------------
     def get_sim_state(self) -> np.ndarray:
