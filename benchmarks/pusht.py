@@ -137,31 +137,36 @@ def main() -> None:
             for item in items:
                 cmd += ["--set", item]
             sh(*cmd)
-        summaries[name] = json.loads((out / "summary.json").read_text())
+        if (out / "summary.json").exists():  # a run not yet made is reported as missing (None)
+            summaries[name] = json.loads((out / "summary.json").read_text())
+    if "points" not in summaries:
+        raise SystemExit(f"{results / runs['points'][0]}: no results yet; run with --runs points")
 
     env = make_env(twin.env, twin.env_kwargs, str(SUITE))
     try:
         tasks = suites.make_tasks(twin, env, str(SUITE))
         per = {p: figures(summaries["points"][p], env, tasks) for p in ("model", "random", "oracle")}
-        per["model_goal_image"] = figures(summaries["image"]["model"], env, tasks)
-        own = {p: gym_task(summaries["gym"][p], env) for p in ("model", "oracle")}
+        if "image" in summaries:
+            per["model_goal_image"] = figures(summaries["image"]["model"], env, tasks)
+        own = {p: gym_task(summaries["gym"][p], env) for p in ("model", "oracle")} if "gym" in summaries else None
     finally:
         env.close()
     trained = minutes.get("pusht")
     result = {
-        "date": date.today().isoformat(), "machine": evaluation.machine(f"{args.workers} task processes, 1 thread each"),
+        "date": date.today().isoformat(), "machine": evaluation.machine(f"{args.workers} task processes of 1"),
         "suite": f"{twin.name} ({SUITE.relative_to(REPO)} --heldout: pairs from {Path(twin.goal_data).name})",
         "tasks": len(tasks), "budget_steps": twin.steps, "goal_after": twin.goal_after,
         "success": per["model"]["success"], "success_final": per["model"]["success_final"],
         "success_random": per["random"]["success"], "success_oracle": per["oracle"]["success"],
-        "success_goal_image": per["model_goal_image"]["success"], "goal_image_tasks": summaries["image"]["tasks"],
+        "success_goal_image": per.get("model_goal_image", {}).get("success"),
+        "goal_image_tasks": summaries["image"]["tasks"] if "image" in summaries else 0,
         "coverage": per["model"]["coverage"],
         "seconds_per_replan": per["model"]["seconds_per_replan"],
         "train_minutes": None if trained is None else round(trained, 1),
         **difficulty(tasks, twin.env_kwargs.get("image_size", 64)),
         "planners": per, "published": PUBLISHED,
-        "gym_pusht_task": {"suite": f"{gym_twin.name} ({GYM_SUITE.relative_to(REPO)} --heldout)",
-                           "tasks": summaries["gym"]["model"]["tasks"], "budget_steps": gym_twin.steps, **own},
+        "gym_pusht_task": own and {"suite": f"{gym_twin.name} ({GYM_SUITE.relative_to(REPO)} --heldout)",
+                                   "tasks": summaries["gym"]["model"]["tasks"], "budget_steps": gym_twin.steps, **own},
         "model_run": str(run.relative_to(REPO)), "model_psnr_gain_db": round(quality["psnr_gain_db"], 2),
         "model_tracking_ratio": round(quality.get("tracking_ratio", float("nan")), 3),
         "cem": recipes.to_dict(twin)["cem"],
