@@ -245,8 +245,9 @@ class PushTEnv(PointRollouts, gym.Env):
     agent_pixels = staticmethod(agent_pixels)
 
     def rest_action(self) -> np.ndarray:
-        """The action that holds the agent where it is: its own position as the target (an action of 0 would send
-        it to the table's corner). A planner's prior and the model's past action before the first step."""
+        """The action that holds the agent where it is: an offset of 0, or its own position as the target (a target
+        of 0 would send it to the table's corner). A planner's prior and the model's past action before the first
+        step."""
         return np.zeros(2, np.float32) if self.relative else np.asarray(self.sim.agent.position, dtype=np.float32)
 
     def agent_path(self, actions) -> np.ndarray:
