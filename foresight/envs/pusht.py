@@ -221,12 +221,14 @@ class PushTEnv(PointRollouts, gym.Env):
         self._restore(self.get_sim_state())
         return float(self.sim.step(self.target(action))[4]["coverage"])
 
-    def target(self, action) -> np.ndarray:
-        """The agent's target position (2,) in world units for an action: the action itself, or (relative) the
-        agent's position plus the action's offset; on the table."""
+    def target(self, action, position=None) -> np.ndarray:
+        """The agent's target position (..., 2) in world units for actions (..., 2) with the agent at ``position``
+        (default: where it is): the action itself, or (relative) the position plus the action's offset; on the
+        table."""
         action = np.asarray(action, dtype=np.float64)
         if self.relative:
-            action = np.asarray(self.sim.agent.position) + RELATIVE_REACH * np.clip(action, -1.0, 1.0)
+            position = np.asarray(self.sim.agent.position) if position is None else position
+            action = position + RELATIVE_REACH * np.clip(action, -1.0, 1.0)
         return np.clip(action, 0.0, WORLD)
 
     def coverage(self, goal) -> float:
@@ -259,8 +261,7 @@ class PushTEnv(PointRollouts, gym.Env):
         v = np.broadcast_to(np.array(sim.agent.velocity), p.shape).copy()
         out = np.empty(actions.shape)
         for t in range(actions.shape[-2]):
-            a = actions[..., t, :]
-            a = np.clip(p + RELATIVE_REACH * np.clip(a, -1.0, 1.0) if self.relative else a, 0.0, WORLD)
+            a = self.target(actions[..., t, :], p)
             for _ in range(round(1 / (sim.dt * sim.control_hz))):
                 v = v + (sim.k_p * (a - p) + sim.k_v * (0 - v)) * sim.dt
                 p = p + v * sim.dt

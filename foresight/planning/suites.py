@@ -216,12 +216,13 @@ def check(suite: Suite, env: gym.Env) -> None:
         if suite.designated > len(info["points"]):
             raise ForesightError(f"key 'designated': {suite.env} tracks {len(info['points'])} object(s), "
                                  f"got {suite.designated}")
-        if suite.goal == "env" and "goal_pixel" not in info:
-            raise ForesightError(f"key 'goal': {suite.env} has no goal pixel; use goal = 'offset'")
-        goals = np.asarray(info.get("goal_pixel", np.zeros(2))).reshape(-1, 2)
-        if suite.goal == "env" and len(goals) not in (1, suite.designated):
-            raise ForesightError(f"key 'designated': {suite.env} gives {len(goals)} goal pixels (goal = 'env'), "
-                                 f"got {suite.designated} designated")
+        if suite.goal == "env":
+            if "goal_pixel" not in info:
+                raise ForesightError(f"key 'goal': {suite.env} has no goal pixel; use goal = 'offset'")
+            n = len(np.reshape(info["goal_pixel"], (-1, 2)))
+            if n not in (1, suite.designated):
+                raise ForesightError(f"key 'designated': {suite.env} gives {n} goal pixels (goal = 'env'), "
+                                     f"got {suite.designated} designated")
         if suite.success == "env" and "is_success" not in info:
             raise ForesightError(f"key 'success': {suite.env} has no task of its own (info['is_success']); "
                                  f"use success = 'pixels'")
