@@ -145,6 +145,7 @@ def main() -> None:
     env = make_env(twin.env, twin.env_kwargs, str(SUITE))
     try:
         tasks = suites.make_tasks(twin, env, str(SUITE))
+        names = list(env.unwrapped.point_names)
         per = {p: figures(summaries["points"][p], env, tasks) for p in ("model", "random", "oracle")}
         if "image" in summaries:
             per["model_goal_image"] = figures(summaries["image"]["model"], env, tasks)
@@ -169,6 +170,8 @@ def main() -> None:
                                    "tasks": summaries["gym"]["model"]["tasks"], "budget_steps": gym_twin.steps, **own},
         "model_run": str(run.relative_to(REPO)), "model_psnr_gain_db": round(quality["psnr_gain_db"], 2),
         "model_tracking_ratio": round(quality.get("tracking_ratio", float("nan")), 3),
+        "model_tracking_ratio_per_point": dict(zip(names, [
+            None if r is None else round(r, 3) for r in quality.get("tracking_ratio_per_object", [])])),
         "cem": recipes.to_dict(twin)["cem"],
     }
     path = HERE / "results" / "pusht.json"

@@ -106,7 +106,7 @@ def evaluate_video(model, data_dir: str | Path, context: int, horizon: int, val_
         val.items = val.items[:max_windows]
     loader = torch.utils.data.DataLoader(val, batch_size=batch_size, shuffle=False)
     sums = {k: torch.zeros(horizon, dtype=torch.float64) for k in ("psnr", "psnr_copy", "ssim", "ssim_copy")}
-    track, static, windows = [], [], 0
+    track, static, objects, windows = [], [], [], 0
     for batch in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True):
         frames = batch["frames"].to(device)
         actions = batch["actions"].to(device)
@@ -127,8 +127,9 @@ def evaluate_video(model, data_dir: str | Path, context: int, horizon: int, val_
         static_err = expected_distance(start[:, None].expand(-1, horizon, -1, -1, -1), future)
         track.append(model_err.permute(0, 2, 1)[moved].cpu())  # (pairs, horizon)
         static.append(static_err.permute(0, 2, 1)[moved].cpu())
+        objects.append(torch.arange(moved.shape[1], device=moved.device).expand_as(moved)[moved].cpu())  # (pairs,)
     mean = {k: (v / windows).tolist() for k, v in sums.items()}
-    track, static = torch.cat(track), torch.cat(static)
+    track, static, objects = torch.cat(track), torch.cat(static), torch.cat(objects)
     result = {
         "windows": windows, "context": context, "horizon": horizon,
         "psnr": mean["psnr"], "psnr_copy_last": mean["psnr_copy"],
@@ -141,6 +142,10 @@ def evaluate_video(model, data_dir: str | Path, context: int, horizon: int, val_
         t, s = track.mean(0), static.mean(0)
         result.update({"tracking_error": t.tolist(), "tracking_error_static": s.tolist(),
                        "tracking_ratio": float(t[-1] / s[-1].clamp_min(1e-6))})
+        # each object's own ratio: an agent that is easy to follow can hide an object the model does not move
+        result["tracking_ratio_per_object"] = [
+            float(track[objects == k, -1].mean() / static[objects == k, -1].mean().clamp_min(1e-6))
+            if bool((objects == k).any()) else None for k in range(int(points.shape[2]))]
     return result
 
 

@@ -48,6 +48,21 @@ def test_oracle_solves_tiny_tasks_and_beats_random(point_push_env):
     assert mpc.aggregate(oracle)["final_over_start"] < 0.5 * mpc.aggregate(random)["final_over_start"]
 
 
+def test_until_success_ends_a_task_at_its_first_step_in_the_goal(point_push_env):
+    """mpc.until_success: the task ends where the block first reaches its goal; the same task without it runs
+    every step, and its first success is at the same step (the planner is seeded alike)."""
+    runs = {}
+    for until in (False, True):
+        s = suite(mpc={"until_success": until})
+        task = suites.make_tasks(s, point_push_env)[0]
+        runs[until] = mpc.run_task(point_push_env, task, s, "oracle", record=False)
+    full, short = runs[False], runs[True]
+    assert len(full.distances) == TINY["steps"] and any(full.in_goal)
+    first = full.in_goal.index(True)
+    assert len(short.distances) == first + 1 and short.success and short.in_goal == full.in_goal[:first + 1]
+    assert short.distances == pytest.approx(full.distances[:first + 1])
+
+
 def test_with_an_effort_weight_the_planner_keeps_still_once_the_object_is_at_its_goal(point_push_env):
     """cost.effort: every plan leaves the block where it is (its goal), so without the effort term CEM's
     choice among them is arbitrary and the pusher wanders; with it the pusher keeps (almost) still."""

@@ -287,3 +287,29 @@ def test_every_learner_follows_the_protocol():
             wanted = list(inspect.signature(getattr(Learner, name)).parameters)
             got = list(inspect.signature(getattr(cls, name)).parameters)
             assert got[:len(wanted)] == wanted, (kind, name, got, wanted)
+
+
+def test_evaluation_gives_each_objects_tracking_ratio(workdir):
+    """tracking_ratio_per_object: a model whose pixels stay where they started scores exactly the static baseline
+    (1.0) for every object; with one object the per-object ratio is the overall one."""
+    from foresight import evaluation
+    from foresight.models.video import VideoPrediction
+
+    r, path = recipe(workdir, "per_object", "train.steps=2")
+    model = load_run(training.train(r, path, progress=False))[0]
+    result = evaluation.evaluate_video(model, workdir / "planar_seq", 2, 4, 0.1, 0, False, moved_px=0.5,
+                                       progress=False)
+    assert len(result["tracking_ratio_per_object"]) == 1
+    assert result["tracking_ratio_per_object"][0] == pytest.approx(result["tracking_ratio"])
+
+    class Still(torch.nn.Module):  # predicts copies of the last context frame; the pixels never move
+        config = model.config
+
+        def forward(self, frames, actions, states=None, pixels=None, num_context=2):
+            T = actions.shape[1] - num_context + 1
+            return VideoPrediction(frames[:, num_context - 1:num_context].expand(-1, actions.shape[1], -1, -1, -1),
+                                   None, pixels[:, None].expand(-1, T, -1, -1, -1))
+
+    still = evaluation.evaluate_video(Still(), workdir / "planar_seq", 2, 4, 0.1, 0, False, moved_px=0.5,
+                                      progress=False)
+    assert still["tracking_pairs"] > 0 and still["tracking_ratio_per_object"] == [pytest.approx(1.0)]

@@ -183,6 +183,9 @@ class VideoLearner:
         line = f"PSNR gain over copy-last {result['psnr_gain_db']:+.2f} dB"
         if "tracking_ratio" in result:
             line += f"; tracking error at the last step {result['tracking_ratio']:.2f}x the static baseline's"
+            per = result.get("tracking_ratio_per_object") or []
+            if len(per) > 1:
+                line += " (per object: " + ", ".join("-" if r is None else f"{r:.2f}" for r in per) + ")"
         return f"{line}\nwrote {Path(out_dir) / 'eval.json'} and {Path(out_dir) / 'eval.png'}"
 
     def finish(self, model, run: Path, resolved: dict, device) -> None:

@@ -70,6 +70,9 @@ class MPCSettings:
     amp: str = spec("off", choices=("off", "bf16"), help="bf16 autocast for the model's predictions")
     latent_samples: int = spec(4, min=1, help="a stochastic video model: its latent draws (once per task) that every "
                                               "plan is predicted under, the cost aggregated over them (cost.spread)")
+    until_success: bool = spec(False, help="end a task at its first step in the goal, as gym-pusht's episode ends "
+                                           "there (success is then success at any step; the remaining steps are "
+                                           "not run)")
 
 
 @dataclass(frozen=True)
