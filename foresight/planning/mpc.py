@@ -91,10 +91,10 @@ def run_task(env: gym.Env, task: Task, suite, planner: str, model=None, record: 
                     episode[key].append(value)
             if record:
                 video.append(_panel(obs, info, task, now_inside, agent.pictures(j, scale), scale))
-            if now_inside and suite.mpc.until_success:
+            if now_inside and suite.until_success:
                 break
         t += n
-        if inside[-1] and suite.mpc.until_success:
+        if inside[-1] and suite.until_success:
             break
     replans = max(agent.replans, 1)
     return Outcome(

@@ -126,9 +126,14 @@ class DesignatedPixelSuite:
     def replan_every(self) -> int:
         return self.mpc.replan_every
 
+    @property
+    def until_success(self) -> bool:
+        return self.mpc.until_success
+
 
 @dataclass(frozen=True)
 class GoalImageSuite:
+    until_success = False  # a goal-image task runs all its steps (mpc.run_task reads this)
     name: str = spec(help="suite name; results land in <suite folder>/results/<name>/")
     env: str = spec(help="a registered environment id")
     kind: str = spec("goal_image", choices=("goal_image",), help="the kind of task")
