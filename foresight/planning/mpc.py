@@ -75,7 +75,7 @@ def run_task(env: gym.Env, task: Task, suite, planner: str, model=None, record: 
     episode = {"frames": [obs], "actions": [], "states": [info["state"]], "points": [info["points"]]} \
         if keep_episode else None
     video, distances, inside, plan_seconds, t = [], [], [], 0.0, 0
-    while t < suite.steps:
+    while t < suite.steps and not (suite.until_success and inside and inside[-1]):
         n = min(suite.replan_every, suite.steps - t)
         start = time.perf_counter()
         actions = agent.act(obs, info, n)
@@ -94,8 +94,6 @@ def run_task(env: gym.Env, task: Task, suite, planner: str, model=None, record: 
             if now_inside and suite.until_success:
                 break
         t += n
-        if inside[-1] and suite.until_success:
-            break
     replans = max(agent.replans, 1)
     return Outcome(
         task=task, planner=planner,
