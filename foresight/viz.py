@@ -72,11 +72,15 @@ def grid(images: list[list[np.ndarray]], pad: int = 2, fill: int = 32) -> np.nda
     return out
 
 
-def write_png(path: str | Path, image: np.ndarray) -> Path:
-    """Through a temporary name and a rename (``datasets.atomic_write_bytes``): never half a picture."""
+def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(to_rgb(image)).save(buffer, format="PNG")
-    return _publish(path, buffer)
+    return buffer.getvalue()
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Through a temporary name and a rename (``datasets.atomic_write_bytes``): never half a picture."""
+    return _publish(path, io.BytesIO(png_bytes(image)))
 
 
 def write_gif(path: str | Path, frames: list[np.ndarray] | np.ndarray, fps: float = 8) -> Path:

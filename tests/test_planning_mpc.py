@@ -307,3 +307,23 @@ def test_approach_pulls_the_agent_to_the_first_object_not_yet_home():
     every = Approach(goals, 9.0, 1.0, 1.0)(r)  # without an order: both objects pull (object 0 faded to 1/9)
     gap = float(np.linalg.norm(push[0] - push[1]))
     np.testing.assert_allclose(every.numpy(), [gap, gap / 9], rtol=1e-5)
+
+
+def test_a_single_task_is_saved_as_a_suite_is(tmp_path):
+    """`foresight plan --env`: the GIF, the task record and summary.json, the distance judged by the object under
+    the designated pixel (here the second of two blocks, not the first)."""
+    env = gym.make("foresight/PointPush-v0", render_mode="rgb_array", objects=2)
+    _, info = env.reset(seed=3)
+    env.close()
+    second = info["points"][1]
+    run = subprocess.run([sys.executable, "-m", "foresight", "plan", "--env", "foresight/PointPush-v0", "--seed", "3",
+                          "--designated", f"{second[0]:.2f},{second[1]:.2f}", "--goal", "40,40",
+                          "--planners", "random", "--set", "steps=3", "--set", "env_kwargs.objects=2",
+                          "--out", str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    task = summary["random"]["per_task"][0]
+    assert (tmp_path / "random" / "task-000.gif").exists() and (tmp_path / "random" / "task-000.json").exists()
+    # the first step's true distance is the second block's (random pushes rarely reach it in one step)
+    assert task["distance_per_step"][0] == pytest.approx(np.linalg.norm(second - 40), abs=0.6)
+    assert len(task["distance_per_step"]) == 3

@@ -64,10 +64,12 @@ class Outcome:
 
 
 def run_task(env: gym.Env, task: Task, suite, planner: str, model=None, record: bool = True,
-             keep_episode: bool = False) -> Outcome:
+             keep_episode: bool = False, on_step=None, stop=None) -> Outcome:
     """Run one task with one planner; record a video of it when asked, and with ``keep_episode`` the episode in the
     dataset layout (``Outcome.episode``: frames, actions, states, points; a planner's own data for training,
-    ``collect`` policy kind 'planner')."""
+    ``collect`` policy kind 'planner'). ``on_step(step, panel, distance, inside, cost)`` is told each executed
+    step as it happens (``foresight ui``: the panel is the video's frame, ``cost`` the plan's, None for random);
+    ``stop()`` returning True ends the task before its next step."""
     planners.check(suite, [planner], model, "planner")
     obs, info = env.reset(seed=task.seed, options=task.reset_options)
     agent = planners.make(planner, suite, env, task, obs, model)
@@ -75,7 +77,8 @@ def run_task(env: gym.Env, task: Task, suite, planner: str, model=None, record: 
     episode = {"frames": [obs], "actions": [], "states": [info["state"]], "points": [info["points"]]} \
         if keep_episode else None
     video, distances, inside, plan_seconds, t = [], [], [], 0.0, 0
-    while t < suite.steps and not (suite.until_success and inside and inside[-1]):
+    halted = lambda: stop is not None and stop()  # noqa: E731
+    while t < suite.steps and not (suite.until_success and inside and inside[-1]) and not (distances and halted()):
         n = min(suite.replan_every, suite.steps - t)
         start = time.perf_counter()
         actions = agent.act(obs, info, n)
@@ -89,9 +92,13 @@ def run_task(env: gym.Env, task: Task, suite, planner: str, model=None, record: 
                 for key, value in (("frames", obs), ("actions", action), ("states", info["state"]),
                                    ("points", info["points"])):
                     episode[key].append(value)
-            if record:
-                video.append(_panel(obs, info, task, now_inside, agent.pictures(j, scale), scale))
-            if now_inside and suite.until_success:
+            if record or on_step is not None:
+                panel = _panel(obs, info, task, now_inside, agent.pictures(j, scale), scale)
+                if record:
+                    video.append(panel)
+                if on_step is not None:
+                    on_step(len(distances), panel, distance, now_inside, getattr(agent, "last_cost", None))
+            if (now_inside and suite.until_success) or halted():
                 break
         t += n
     replans = max(agent.replans, 1)
@@ -107,8 +114,7 @@ def run_task(env: gym.Env, task: Task, suite, planner: str, model=None, record: 
 def _panel(frame, info, task: Task, inside: bool, pictures: list[np.ndarray], scale: int) -> np.ndarray:
     """camera frame (goal: cross, true object: circle; a green border in the goal region) | the goal image, for
     goal-image tasks | the planner's own pictures (goals crossed)."""
-    K = len(task.goals)
-    now = viz.mark(viz.draw_points(frame, task.goals, scale, marker="cross"), info["points"][:K], scale)
+    now = viz.mark(viz.draw_points(frame, task.goals, scale, marker="cross"), info["points"][task.indices], scale)
     if inside:
         now[:2], now[-2:], now[:, :2], now[:, -2:] = (0, 200, 0), (0, 200, 0), (0, 200, 0), (0, 200, 0)
     panels = [now]
@@ -143,6 +149,30 @@ def aggregate(outcomes: list[Outcome]) -> dict:
         "model_seconds_per_replan": round(float(np.mean([o.model_seconds_per_replan for o in replans])), 4)
         if replans else 0.0,
     }
+
+
+def save_task(out, suite, outcome: Outcome, resolved: dict | None = None) -> Path:
+    """One task's outcome saved as ``run_suite`` saves a suite's (``<out>/<planner>/``: the task's GIF and record,
+    ``run.json``; ``<out>/summary.json``, beside the other planners' already there); returns the GIF's path."""
+    out, planner = Path(out), outcome.planner
+    folder = out / planner
+    _clear(folder)
+    settings = _jsonable(resolved if resolved is not None else {**recipes.to_dict(suite), "model": None})
+    evaluation.write_json(folder / RUN_FILE, {**settings, "planner": planner})
+    _record(folder, outcome)
+    path = out / "summary.json"
+    try:
+        summary = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        summary = {}
+    task = {k: v for k, v in outcome.summary().items() if k in ("seed", "designated", "goals")}
+    others = [v["per_task"][0] for v in summary.values() if isinstance(v, dict) and v.get("per_task")]
+    if summary.get("recipe") != settings or any({k: o.get(k) for k in task} != task for o in others):
+        summary = {}  # another task's or other settings': start the summary over
+    summary.update({"suite": suite.name, "env": suite.env, "tasks": 1, "recipe": settings,
+                    planner: {**aggregate([outcome]), "resumed": 0, "per_task": [outcome.summary()]}})
+    evaluation.write_json(path, summary)
+    return folder / f"{_task_name(outcome.task.index)}.gif"
 
 
 def run_suite(suite, out, model, planner_names: list[str], source: str = "suite", videos: int = 10,

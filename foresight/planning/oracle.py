@@ -39,14 +39,14 @@ class SimulatorPixels(_Simulator):
 
     def __init__(self, env, suite, task):
         super().__init__(env, suite)
-        self.k = len(task.designated)
+        self.objects = task.indices
         self.agent_path = getattr(self.sim, "agent_path", None)
 
     def begin(self, obs, info) -> None:
-        self.now = np.asarray(info["points"][:self.k], np.float32)
+        self.now = np.asarray(info["points"][self.objects], np.float32)
 
     def __call__(self, actions: torch.Tensor) -> Rollout:
-        points = torch.as_tensor(self.sim.rollout_points(actions.numpy()))[:, :, :self.k]  # (N, T, K, 2)
+        points = torch.as_tensor(self.sim.rollout_points(actions.numpy()))[:, :, self.objects]  # (N, T, K, 2)
         return Rollout(actions=actions, points=points, now=self.now, agent_path=self.agent_path)
 
 

@@ -60,7 +60,7 @@ class CEMPlanner:
     def __init__(self, cem: CEM, rollouts, cost, rest=None):
         # rest: the environment's rest_action, where it has one: each plan's prior holds the agent still
         self.cem, self.rollouts, self.cost, self.rest = cem, rollouts, cost, rest
-        self.replans = 0
+        self.replans, self.last_cost = 0, None  # the chosen plan's cost at the last replan
 
     @property
     def model_seconds(self) -> float:
@@ -77,7 +77,8 @@ class CEMPlanner:
         self.rollouts.begin(obs, info)
         if self.rest is not None:
             self.cem.set_prior(self.rest())
-        plan = self.cem.expand(self.cem.plan(self.score).best)  # (H * repeat, A)
+        result = self.cem.plan(self.score)
+        plan, self.last_cost = self.cem.expand(result.best), float(result.best_cost)  # (H * repeat, A)
         self.rollouts.chosen(plan)
         self.cem.shift(max(1, steps // self.cem.config.repeat))
         self.replans += 1

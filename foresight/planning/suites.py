@@ -211,6 +211,17 @@ class Task:
     goal_state: np.ndarray | None = None  # (S,) the true goal state, when the goal was given as one
     episode: int | None = None  # goal = 'trajectory': the goal dataset's episode and the start's step in it
     start_step: int | None = None
+    objects: tuple[int, ...] = ()  # the tracked object (info["points"] index) each designated pixel is on; () = 0..K-1
+
+    @property
+    def indices(self) -> list[int]:
+        return list(self.objects) if self.objects else list(range(len(self.goals)))
+
+
+def nearest_objects(points: np.ndarray, designated: np.ndarray) -> tuple[int, ...]:
+    """The tracked object nearest each designated pixel: points (M, 2), designated (K, 2) -> K indices."""
+    d = np.linalg.norm(np.asarray(designated, np.float64)[:, None] - np.asarray(points, np.float64)[None], axis=-1)
+    return tuple(int(i) for i in d.argmin(1))
 
 
 def check(suite: Suite, env: gym.Env) -> None:
@@ -357,8 +368,7 @@ def _reset(env, seed, options, key):
 def judge(suite: Suite, task: Task, info: dict, env: gym.Env | None = None) -> tuple[float, bool]:
     """(the designated objects' mean distance to their goal pixels, inside the goal region) of the true scene;
     ``env`` judges a suite with success = 'state' (its ``goal_reached``), ``info`` one with success = 'env'."""
-    K = len(task.goals)
-    distances = np.linalg.norm(info["points"][:K] - task.goals, axis=-1)
+    distances = np.linalg.norm(info["points"][task.indices] - task.goals, axis=-1)
     if isinstance(suite, DesignatedPixelSuite) and suite.success == "state":
         return float(distances.mean()), bool(env.unwrapped.goal_reached(task.goal_state))
     if isinstance(suite, DesignatedPixelSuite) and suite.success == "env":

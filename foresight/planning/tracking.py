@@ -111,13 +111,13 @@ class RegistrationTracking:
 
 
 class TrueTracking:
-    """The simulator's pixels of the designated objects (the first K tracked points)."""
+    """The simulator's pixels of the designated objects (``objects``: their indices in info["points"])."""
 
-    def __init__(self, k: int):
-        self.k, self.last = k, None
+    def __init__(self, objects: list[int]):
+        self.objects, self.last = list(objects), None
 
     def observe(self, frame, info) -> None:
-        self.last = info["points"][:self.k]
+        self.last = info["points"][self.objects]
 
     def locate(self, carried):
         return self.last, None
@@ -126,10 +126,11 @@ class TrueTracking:
 TRACKING = ("model", "registration", "true")
 
 
-def make_tracking(kind: str, first, designated, model_size, camera_size):
-    """The tracker of a suite's ``mpc.track`` for an episode whose first frame is ``first``."""
+def make_tracking(kind: str, first, designated, model_size, camera_size, objects=None):
+    """The tracker of a suite's ``mpc.track`` for an episode whose first frame is ``first``; ``objects``: the tracked
+    object each designated pixel is on (the first K by default)."""
     if kind == "model":
         return ModelTracking(model_size, camera_size)
     if kind == "registration":
         return RegistrationTracking(first, designated)
-    return TrueTracking(len(designated))
+    return TrueTracking(objects if objects is not None else range(len(designated)))

@@ -41,11 +41,11 @@ class VideoPredictor:
         """The model must read this environment's images and actions, at the time scale it was trained on."""
         cfg = self.model.config
         shape = env.observation_space.shape
+        if self.trained_env and self.trained_env.get("id") not in (None, env_id):
+            raise ForesightError(f"--model: trained on {self.trained_env['id']} data, the suite runs {env_id}")
         if shape[-1] != cfg.channels or cfg.action_dim != env.action_space.shape[0]:
             raise ForesightError(f"--model: predicts {cfg.channels}-channel images with {cfg.action_dim}-d actions, "
                                  f"{env_id} gives {shape} images with {env.action_space.shape[0]}-d actions")
-        if self.trained_env and self.trained_env.get("id") not in (None, env_id):
-            raise ForesightError(f"--model: trained on {self.trained_env['id']} data, the suite runs {env_id}")
         if self.trained_env:
             trained = self.trained_env.get("kwargs", {}).get("action_repeat", 1)
             if self.trained_env.get("id") == env_id and trained != env_kwargs.get("action_repeat", 1):
@@ -132,7 +132,8 @@ class VideoRollouts:
         self.past = [rest() if rest else np.zeros(env.action_space.shape, np.float32)] * (self.context - 1)
         self.known = task.designated  # where the planner knows the designated pixels are (camera pixels)
         self.dist = pixels.delta_distribution(self._to_model(task.designated)[None], *self.image_size)[0]  # (K, h, w)
-        self.tracker = make_tracking(track, obs, task.designated, self.image_size, self.camera_size)
+        self.tracker = make_tracking(track, obs, task.designated, self.image_size, self.camera_size,
+                                     task.indices)
         self.agent_path = getattr(env.unwrapped, "agent_path", None)
         self.executed, self.predicted = 0, None  # steps since the last plan, its (frames, dists)
         self.model_seconds = 0.0
