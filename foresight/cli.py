@@ -106,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for the pictures (default: <dataset>/preview)")
     s.set_defaults(func=cmd_data_show)
 
+    u = sub.add_parser("ui", help="a local page: click designated and goal pixels on a scene, watch visual MPC")
+    u.add_argument("--model", action="append", default=[], metavar="RUN",
+                   help="a trained video model the page may plan with (repeat for several)")
+    u.add_argument("--suite", action="append", default=[], metavar="FILE",
+                   help="a designated-pixel suite as a scene: its environment and planner settings (repeat for "
+                        "several; default: those in the checkout's plan/)")
+    u.add_argument("--host", default="127.0.0.1", help="the address to serve on (another than 127.0.0.1 is "
+                                                       "reachable by others: a warning says so)")
+    u.add_argument("--port", type=int, default=8765)
+    u.add_argument("--out", default="plan/results/ui", help="where finished runs are saved, one folder each")
+    u.set_defaults(func=cmd_ui)
+
     m = sub.add_parser("demo", help="run the main job end to end on a built-in default and say where the results are")
     m.add_argument("--out", default=str(REPO / "out" / "demo"), help="where the demo writes (default: out/demo)")
     m.add_argument("--workers", type=int, default=2)
@@ -161,7 +173,7 @@ def _models_resolved(runs) -> dict:
 
 
 def cmd_plan(args) -> int:
-    from foresight import pixels, recipes, viz
+    from foresight import pixels, recipes
     from foresight.envs import make_env
     from foresight.planning import mpc, planners, suites
 
@@ -194,7 +206,7 @@ def cmd_plan(args) -> int:
         env = make_env(suite.env, suite.env_kwargs, "--env")
         if model is not None:
             model.check_env(suite.env, suite.env_kwargs, env, "--env")
-        obs, _ = env.reset(seed=args.seed)
+        obs, info = env.reset(seed=args.seed)
         H, W = obs.shape[:2]
         parse = lambda text, name: pixels.check_in_image(name, [[float(v) for v in p.split(",")] for p in text.split(";")], H, W)  # noqa: E731
         try:
@@ -203,10 +215,11 @@ def cmd_plan(args) -> int:
             raise ForesightError("--designated/--goal: expected pixels as 'row,col' or 'row,col;row,col'") from None
         if len(designated) != len(goal):
             raise ForesightError(f"--goal: {len(goal)} goal pixel(s) for {len(designated)} designated pixel(s)")
-        task = suites.Task(0, args.seed, designated, goal)
+        # each designated pixel is judged by the tracked object nearest it
+        task = suites.Task(0, args.seed, designated, goal, objects=suites.nearest_objects(info["points"], designated))
         for p in names:
             o = mpc.run_task(env, task, suite, p, model)
-            path = viz.write_gif(out / p / "task-000.gif", o.video, fps=10)
+            path = mpc.save_task(out, suite, o, {**recipes.to_dict(suite), **_models_resolved(args.model)})
             print(f"[{p}] distance {o.start_distance:.1f} -> {o.final_distance:.1f} px "
                   f"({'success' if o.success else 'not reached'}); video {path}")
         env.close()
@@ -229,6 +242,35 @@ def cmd_plan(args) -> int:
     resumed = sum(summary[p]["resumed"] for p in names)
     print(f"results in {out} (summary.json, videos per planner)"
           + (f"; {resumed} task(s) resumed from an earlier run's records" if resumed else ""))
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from foresight import ui
+
+    if not 0 <= args.port <= 65535:
+        raise ForesightError(f"--port: expected 0..65535, got {args.port}")
+    models = ui.model_names(args.model)
+    scenes = ui.load_scenes(args.suite, REPO)
+    session = ui.Session(scenes, models, Path(args.out))
+    try:
+        server = ui.make_server(session, args.host, args.port)
+    except OSError as e:
+        session.close()
+        raise ForesightError(f"--port: cannot serve on {args.host}:{args.port} ({e.strerror or e})") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"foresight ui: warning: serving on {args.host}: anyone who reaches it can run plans on this machine",
+              file=sys.stderr)
+    host, port = server.server_address[:2]
+    print(f"foresight ui: open http://{host}:{port}/  (scenes: {', '.join(scenes)}; models: "
+          f"{', '.join(models) or 'none'}; runs saved under {args.out}); Ctrl-C ends it", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        session.close()
     return 0
 
 
@@ -352,6 +394,7 @@ def cmd_demo(args) -> int:
     print(f"  contact sheet  {pics['sheet']}")
     print(f"  plans          {out / 'plan' / 'model'}/task-*.gif (camera | designated-pixel heat map | "
           f"prediction), summary {out / 'plan' / 'summary.json'}")
+    print(f"click to designate: foresight ui --model {run.relative_to(REPO)}   (then open http://127.0.0.1:8765/)")
     return 0
 
 

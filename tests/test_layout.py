@@ -14,7 +14,7 @@ LAYERS = [
     {"foresight.models", "foresight.evaluation", "foresight.checkpoints"},
     {"foresight.learners"},
     {"foresight.training", "foresight.planning"},
-    {"foresight.collect"},
+    {"foresight.collect", "foresight.ui"},
     {"foresight.cli", "foresight.__main__"},
 ]
 
