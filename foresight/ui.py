@@ -139,7 +139,25 @@ class Session:
         for name, s in self.scenes.items():
             scenes[name] = {"env": s.env, "steps": s.steps, "samples": s.cem.samples,
                             "iterations": s.cem.iterations, "horizon": s.cem.horizon, "success_px": s.success_px}
-        return {"scenes": scenes, "models": list(self.models), "planners": list(PLANNERS)}
+        return {"scenes": scenes, "models": list(self.models), "planners": list(PLANNERS),
+                "default_scene": self.default_scene()}
+
+    def default_scene(self) -> str:
+        """The scene the first model was trained for (its environment and options), else its environment's, else the
+        first."""
+        trained = {}
+        if self.models:
+            try:
+                recipe = json.loads((next(iter(self.models.values())) / "recipe.json").read_text())
+                trained = recipe.get("dataset", {}).get("env") or {}
+            except (OSError, ValueError):
+                pass
+        for same in (lambda s: s.env == trained.get("id") and s.env_kwargs == trained.get("kwargs"),
+                     lambda s: s.env == trained.get("id")):
+            for name, suite in self.scenes.items():
+                if same(suite):
+                    return name
+        return next(iter(self.scenes))
 
     def _scene(self, request: dict) -> str:
         scene = request.get("scene")

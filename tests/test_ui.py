@@ -19,7 +19,8 @@ from foresight.envs import make_env
 from foresight.planning import suites
 
 MODEL = REPO / "pretrained" / "plan_point_push"
-SCENES = [REPO / "plan" / "point_push.toml", REPO / "plan" / "arm_push.toml"]
+POINT_PUSH = REPO / "plan" / "point_push.toml"
+SCENES = [REPO / "plan" / "arm_push.toml", POINT_PUSH]  # the model's scene second: the page must still pick it
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def wait_done(base, timeout=180):
 
 def block_pixel(seed=0):
     """The block's true pixel at the point_push scene's start for ``seed`` (independently of the server)."""
-    suite = suites.load(SCENES[0])
+    suite = suites.load(POINT_PUSH)
     env = make_env(suite.env, suite.env_kwargs)
     _, info = env.reset(seed=seed, options=suite.reset_options)
     env.close()
@@ -80,6 +81,7 @@ def test_config_and_frame(served):
     code, config = call(base, "/api/config")
     assert code == 200 and set(config["scenes"]) == {"point_push", "arm_push"}
     assert config["models"] == ["plan_point_push"] and config["scenes"]["point_push"]["steps"] == 15
+    assert config["default_scene"] == "point_push"  # the scene the model was trained for
     code, frame = call(base, "/api/frame", {"scene": "point_push", "seed": 3})
     assert code == 200 and (frame["height"], frame["width"]) == (64, 64)
     assert frame["image"].startswith("data:image/png;base64,")
@@ -133,7 +135,7 @@ def test_the_judge_follows_the_object_under_each_designated_pixel():
     points = np.array([[10.0, 10.0], [40.0, 40.0]])
     assert suites.nearest_objects(points, np.array([[39.0, 41.0], [9.0, 12.0]])) == (1, 0)
     task = suites.Task(0, 0, np.array([[39.0, 41.0]]), np.array([[40.0, 44.0]]), objects=(1,))
-    suite = suites.load(SCENES[0])
+    suite = suites.load(POINT_PUSH)
     distance, inside = suites.judge(suite, task, {"points": points})
     assert distance == pytest.approx(4.0) and inside is False
 
