@@ -180,7 +180,7 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
     torch.set_flush_denormal(True)
     torch.manual_seed(s.seed)
     model = learner.build().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     step = 0
     if resume:
         load_state_dict(model, ckpt / "model.pt")
@@ -270,7 +270,8 @@ def train(recipe: TrainRecipe, recipe_path: str | Path, resume: bool = False, ru
                 log.write(json.dumps({"step": step, **{k: round(v, 4) for k, v in metrics.items()}}) + "\n")
                 log.flush()
                 _tb_log(tb, metrics, step)
-                postfix["val_psnr"] = f"{metrics['val_psnr']:.2f}"
+                shown = "val_psnr" if "val_psnr" in metrics else "val_loss"  # PC3 has no decoder, so no PSNR
+                postfix[shown] = f"{metrics[shown]:.4g}"
             if step % s.sample_every == 0 or step == s.steps:
                 model.eval()
                 picture = learner.sample(model, next(iter(val_loader)), device)

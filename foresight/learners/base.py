@@ -23,6 +23,7 @@ class TrainSettings:
     lr_decay_steps: int = spec(0, min=0, help="the last N steps anneal lr to 0 along a half cosine (constant "
                                               "before, so a run resumed with more steps matches one trained at once); "
                                               "0 = constant")
+    weight_decay: float = spec(0.0, min=0.0, help="Adam's L2 penalty on the weights (PCC's and PC3's code: 1e-3)")
     grad_clip: float = spec(1.0, min=0.0, help="max gradient norm; 0 = off")
     context: int = spec(2, min=1, help="ground-truth frames the model sees before predicting")
     horizon: int = spec(10, min=1, help="frames predicted after the context")
@@ -90,7 +91,8 @@ class Learner(Protocol):
         """The loss terms of step ``step`` ("loss" is minimised); ``model`` is the ``LossModule``."""
 
     def validate(self, model, batches, device) -> dict[str, float]:
-        """Validation figures ("val_psnr" among them) over a few batches."""
+        """Validation figures over a few batches ("val_psnr" among them where the model makes images, else
+        "val_loss")."""
 
     def sample(self, model, batch: dict, device) -> Picture:
         """A picture of the model's predictions on a validation batch."""

@@ -1,4 +1,5 @@
-"""The Embed to Control learner (and its VAE baseline), and the planar system's latent map."""
+"""The latent-model learner: Embed to Control, its VAE baseline, and its successors PCC and PC3 (one family:
+images to a latent space whose transition a planner linearises), and the planar system's latent map."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,25 +11,32 @@ import torch
 from foresight import datasets, evaluation, recipes, viz
 from foresight.errors import ForesightError
 from foresight.learners.base import TrainSettings, model_table
-from foresight.models.e2c import E2C, MODELS, PRESETS, E2CConfig
+from foresight.models import e2c, pc3, pcc
 from foresight.recipes import spec
 
 PLANAR = "foresight/Planar-v0"  # the system whose latent map the E2C paper draws
 STACK = {"planar": 1, "pendulum": 2, "point_push": 1}  # frames per observation of each preset
+VARIANTS = {  # model.variant: (model class, its config, the presets it has)
+    "e2c": (e2c.E2C, e2c.E2CConfig, e2c.PRESETS),
+    "vae": (e2c.E2C, e2c.E2CConfig, e2c.PRESETS),
+    "pcc": (pcc.PCC, pcc.PCCConfig, pcc.PRESETS),
+    "pc3": (pc3.PC3, pc3.PC3Config, pc3.PRESETS),
+}
 
 
 @dataclass(frozen=True)
 class E2CKeys:
     """The [model] table's keys that are not config fields."""
 
-    preset: str = spec(choices=tuple(PRESETS), help="the paper's 'planar' or 'pendulum', or 'point_push'")
+    preset: str = spec(choices=tuple(STACK), help="the paper's 'planar' or 'pendulum', or 'point_push' (E2C and "
+                                                  "the VAE only)")
     kind: str = "e2c"
-    variant: str = spec("e2c", choices=MODELS, help="the config's model: 'e2c' or the 'vae' baseline")
+    variant: str = spec("e2c", choices=tuple(VARIANTS), help="'e2c', the 'vae' baseline, 'pcc' or 'pc3'")
     stack: int | None = spec(None, min=1, help="frames per observation (default: the preset's)")
 
 
 class E2CLearner:
-    """Trains Embed to Control (or its VAE baseline) on (x_t, u_t, x_{t+1}) triples cut from episodes.
+    """Trains Embed to Control (or its VAE baseline, PCC or PC3) on (x_t, u_t, x_{t+1}) triples cut from episodes.
 
     An observation is ``stack`` consecutive frames stacked along the channels (the pendulum's two frames,
     which show its velocity): a window of ``stack + 1`` frames gives x_t = frames[0:stack],
@@ -37,22 +45,29 @@ class E2CLearner:
 
     kind = "e2c"
 
-    def __init__(self, config: E2CConfig, settings: TrainSettings, stack: int):
+    def __init__(self, config, settings: TrainSettings, stack: int):
         self.config, self.settings, self.stack = config, settings, stack
         self.window = stack + 1
 
     @classmethod
     def from_recipe(cls, table: dict, settings: TrainSettings, shapes: dict, source: str) -> E2CLearner:
-        keys, options = model_table(table, E2CKeys, E2CConfig, source, reserved=("model",))
+        variant = table.get("variant", "e2c")
+        if variant not in VARIANTS:
+            raise ForesightError(f"{source}: key 'model.variant': expected one of {', '.join(VARIANTS)}, got {variant!r}")
+        _, config_class, presets = VARIANTS[variant]
+        keys, options = model_table(table, E2CKeys, config_class, source, reserved=("model",))
+        if keys.preset not in presets:
+            raise ForesightError(f"{source}: key 'model.preset': {variant} has the presets {', '.join(presets)}, "
+                                 f"got {keys.preset!r}")
         stack = keys.stack if keys.stack is not None else STACK[keys.preset]
         if shapes["frames"][0] < stack + 1:
             raise ForesightError(f"{source}: key 'model.stack': {stack} stacked frames and the next need "
                                  f"{stack + 1} frames, the dataset's episodes have {shapes['frames'][0]}")
-        preset = PRESETS[keys.preset]
+        preset = presets[keys.preset]
         if "image_shape" not in options:  # the preset's frame size, with its channels per frame times `stack`
             c, h, w = preset["image_shape"]
             options["image_shape"] = (c // STACK[keys.preset] * stack, h, w)
-        config = recipes.from_dict(E2CConfig, {**preset, "model": keys.variant, **options}, source, prefix="model.")
+        config = recipes.from_dict(config_class, {**preset, "model": keys.variant, **options}, source, prefix="model.")
         if config.image_shape[0] % stack:
             raise ForesightError(f"{source}: key 'model.stack': {stack} frames do not divide the model's "
                                  f"{config.image_shape[0]} image channels")
@@ -61,11 +76,12 @@ class E2CLearner:
     @classmethod
     def from_resolved(cls, resolved: dict, settings: TrainSettings, source: str = "recipe.json") -> E2CLearner:
         table = resolved["model"]
-        config = recipes.from_dict(E2CConfig, resolved["model_config"], source, prefix="model_config.")
+        config_class = VARIANTS[resolved["model_config"].get("model", "e2c")][1]
+        config = recipes.from_dict(config_class, resolved["model_config"], source, prefix="model_config.")
         return cls(config, settings, table.get("stack", STACK[table["preset"]]))
 
-    def build(self) -> E2C:
-        return E2C(self.config)
+    def build(self):
+        return VARIANTS[self.config.model][0](self.config)
 
     def windows(self, root, split: str, stride: int = 1) -> datasets.WindowDataset:
         """The split's windows of a dataset folder, held in memory. Reading a window from HDF5 costs about
@@ -105,32 +121,51 @@ class E2CLearner:
 
     @torch.inference_mode()
     def validate(self, model, batches, device) -> dict[str, float]:
-        """Reconstruction PSNR of x_t from its mean latent, and PSNR of x_{t+1} decoded from the predicted
-        mean, beside copying x_t (what a model that predicts no motion would score)."""
-        recon, pred, copy, loss = [], [], [], []
+        """The loss, and how well the predicted next latent mean lands on the next frame's encoding beside
+        standing still (val_latent_error_over_copy: 1 = no better than predicting no motion). Models with a
+        decoder add the reconstruction PSNR of x_t from its mean latent and the PSNR of x_{t+1} decoded from the
+        predicted mean, beside copying x_t."""
+        figures = {"recon": [], "pred": [], "copy": []}
+        loss, error, still, n = 0.0, 0.0, 0.0, 0
+        decodes = hasattr(model, "decode")
         torch.manual_seed(self.settings.seed)
         for batch in batches:
             x_t, u_t, x_next = self.triples(batch, device)
-            mu = model.encode(x_t).mean
-            recon.append(evaluation.psnr(model.decode(mu)[:, None], x_t[:, None]))
-            pred.append(evaluation.psnr(model.decode(model.transition(mu, u_t).mean)[:, None], x_next[:, None]))
-            copy.append(evaluation.psnr(x_t[:, None], x_next[:, None]))
-            loss.append(float(model.loss(x_t, u_t, x_next)["loss"]) * len(x_t))
-        n = sum(len(r) for r in recon)
-        return {"val_psnr": float(torch.cat(recon).mean()), "val_psnr_next": float(torch.cat(pred).mean()),
-                "val_psnr_copy": float(torch.cat(copy).mean()), "val_loss": sum(loss) / n}
+            mu, mu_next = model.encode(x_t).mean, model.encode(x_next).mean
+            pred = model.transition(mu, u_t).mean
+            error += float(((pred - mu_next) ** 2).sum())
+            still += float(((mu - mu_next) ** 2).sum())
+            loss += float(model.loss(x_t, u_t, x_next)["loss"]) * len(x_t)
+            n += len(x_t)
+            if decodes:
+                figures["recon"].append(evaluation.psnr(model.decode(mu)[:, None], x_t[:, None]))
+                figures["pred"].append(evaluation.psnr(model.decode(pred)[:, None], x_next[:, None]))
+                figures["copy"].append(evaluation.psnr(x_t[:, None], x_next[:, None]))
+        result = {"val_loss": loss / n, "val_latent_error_over_copy": error / max(still, 1e-12)}
+        if decodes:
+            result = {"val_psnr": float(torch.cat(figures["recon"]).mean()),
+                      "val_psnr_next": float(torch.cat(figures["pred"]).mean()),
+                      "val_psnr_copy": float(torch.cat(figures["copy"]).mean()), **result}
+        return result
 
     @torch.inference_mode()
     def sample(self, model, batch, device, n: int = 8) -> np.ndarray:
         """One picture: rows = transitions; columns = x_t | its reconstruction | x_{t+1} | x_{t+1} decoded from
-        the predicted next latent (stacked observations show their last frame)."""
+        the predicted next latent (stacked observations show their last frame). A model without a decoder (PC3)
+        shows x_t | x_{t+1} | the frame of the batch whose encoding lies nearest the predicted next latent."""
         pick = torch.linspace(0, len(batch["frames"]) - 1, min(n, len(batch["frames"]))).long()  # spread over episodes
         x_t, u_t, x_next = self.triples({k: v[pick] for k, v in batch.items()}, device)
         mu = model.encode(x_t).mean
-        recon, pred = model.decode(mu), model.decode(model.transition(mu, u_t).mean)
         c = self.config.image_shape[0] // self.stack
         to_u8 = lambda x: (x[:, -c:].clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
-        cols = [to_u8(x) for x in (x_t, recon, x_next, pred)]
+        if hasattr(model, "decode"):
+            cols = [x_t, model.decode(mu), x_next, model.decode(model.transition(mu, u_t).mean)]
+        else:
+            everything, all_u, all_next = self.triples(batch, device)
+            bank = torch.cat([everything, all_next])  # candidate frames and their encodings
+            nearest = torch.cdist(model.transition(mu, u_t).mean, model.encode(bank).mean).argmin(-1)
+            cols = [x_t, x_next, bank[nearest]]
+        cols = [to_u8(x) for x in cols]
         scale = max(1, 160 // self.config.image_shape[1])
         return viz.grid([[viz.enlarge(col[b], scale) for col in cols] for b in range(len(x_t))])
 
@@ -156,8 +191,10 @@ class E2CLearner:
         return result
 
     def describe(self, result: dict, out_dir: Path) -> str:
-        return (f"PSNR reconstruction {result['val_psnr']:.2f} dB, predicted next frame "
-                f"{result['val_psnr_next']:.2f} dB\nwrote {Path(out_dir) / 'eval.json'}")
+        psnr = (f"PSNR reconstruction {result['val_psnr']:.2f} dB, predicted next frame "
+                f"{result['val_psnr_next']:.2f} dB; " if "val_psnr" in result else "")
+        return (f"{psnr}predicted next latent's squared error {result['val_latent_error_over_copy']:.3f}x standing "
+                f"still's\nwrote {Path(out_dir) / 'eval.json'}")
 
     def finish(self, model, run: Path, resolved: dict, device) -> None:
         """After training on the planar system: the E2C paper's latent map, written to <run>/latent_map.png, and

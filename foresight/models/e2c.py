@@ -196,26 +196,34 @@ def trunk(sizes: list[int]) -> nn.Module:
     return nn.Sequential(mlp(sizes), nn.ReLU()) if len(sizes) > 1 else nn.Identity()
 
 
-class Encoder(nn.Module):
-    """x (B, C, H, W) -> (mu, logvar) of Q_phi(z | x), each (B, Z)."""
+def image_features(cfg) -> tuple[nn.Module, int]:
+    """The encoder's first part and its output size: strided convolutions and a flatten (encoder 'conv'; each
+    layer halves H and W) or a flatten of the raw pixels ('mlp'). Reads cfg's image_shape, encoder and
+    conv_channels."""
+    c, h, w = cfg.image_shape
+    if cfg.encoder != "conv":
+        return nn.Flatten(), c * h * w
+    layers, c_in = [], c
+    for c_out in cfg.conv_channels:  # each: (c_in, h, w) -> (c_out, h/2, w/2)
+        layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+        c_in = c_out
+    factor = 2 ** len(cfg.conv_channels)
+    return nn.Sequential(*layers, nn.Flatten()), c_in * (h // factor) * (w // factor)
 
-    def __init__(self, cfg: E2CConfig):
+
+class Encoder(nn.Module):
+    """x (B, C, H, W) -> (mu, logvar) of Q_phi(z | x), each (B, Z); with gaussian=False (PC3's deterministic
+    encoder) z (B, Z) alone. Reads cfg's image_shape, encoder, conv_channels, encoder_widths and latent_dim."""
+
+    def __init__(self, cfg, gaussian: bool = True):
         super().__init__()
-        c, h, w = cfg.image_shape
-        if cfg.encoder == "conv":
-            layers, c_in = [], c
-            for c_out in cfg.conv_channels:  # each: (c_in, h, w) -> (c_out, h/2, w/2)
-                layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
-                c_in = c_out
-            factor = 2 ** len(cfg.conv_channels)
-            self.features = nn.Sequential(*layers, nn.Flatten())
-            n_in = c_in * (h // factor) * (w // factor)
-        else:
-            self.features = nn.Flatten()
-            n_in = c * h * w
-        self.head = mlp([n_in, *cfg.encoder_widths, 2 * cfg.latent_dim])
+        self.gaussian = gaussian
+        self.features, n_in = image_features(cfg)
+        self.head = mlp([n_in, *cfg.encoder_widths, (2 if gaussian else 1) * cfg.latent_dim])
 
     def forward(self, x):
+        if not self.gaussian:
+            return self.head(self.features(x))
         mu, logvar = self.head(self.features(x)).chunk(2, dim=-1)
         return mu, logvar.clamp(*LOGVAR_RANGE)
 
@@ -223,7 +231,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """z (B, Z) -> per-pixel logits (B, C, H, W); the image is sigmoid(logits)."""
 
-    def __init__(self, cfg: E2CConfig):
+    def __init__(self, cfg):
         super().__init__()
         c, h, w = cfg.image_shape
         if cfg.encoder == "conv":
@@ -265,9 +273,10 @@ class LocallyLinearTransition(nn.Module):
 
 
 class FreeFormTransition(nn.Module):
-    """VAE baseline: (z, u) -> mean and log variance of z_{t+1}, each (B, Z). The mean is z + a learned step."""
+    """VAE baseline (and PCC / PC3's transition): (z, u) -> mean and log variance of z_{t+1}, each (B, Z). The
+    mean is z + a learned step (the skip connection of PCC's and PC3's code)."""
 
-    def __init__(self, cfg: E2CConfig):
+    def __init__(self, cfg):
         super().__init__()
         z, u = cfg.latent_dim, cfg.action_dim
         self.trunk = trunk([z + u, *cfg.transition_widths])
@@ -283,24 +292,11 @@ class FreeFormTransition(nn.Module):
 # The model
 
 
-class E2C(nn.Module):
-    """Embed to Control (config.model="e2c") or the VAE baseline (config.model="vae"); one API for both.
+class LatentModule(nn.Module):
+    """What every latent model here (E2C, the VAE baseline, PCC, PC3) shares: input checks whose errors name
+    the argument, the shape seen and the shape expected, and autograd linearisation of a transition mean."""
 
-    encode(x) -> Normal                  Q_phi(z | x), batch shape (B, Z)
-    decode(z) -> image                   (B, C, H, W) in [0, 1] (logits=True: the decoder's raw logits)
-    transition(z, u) -> distribution     predicted z_{t+1}; `.mean` (B, Z) is cheap
-    linearize(z, u=None) -> (A, B, o)    (B, Z, Z), (B, Z, U), (B, Z): mean of z_{t+1} ~ A z + B u + o
-    loss(x_t, u_t, x_next) -> dict       named scalar terms and the total under "loss"
-    """
-
-    def __init__(self, config: E2CConfig):
-        super().__init__()
-        if not isinstance(config, E2CConfig):
-            raise ForesightError(f"E2C(config): expected an E2CConfig, got {type(config).__name__}")
-        self.config = config
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
-        self.dynamics = LocallyLinearTransition(config) if config.model == "e2c" else FreeFormTransition(config)
+    config: E2CConfig  # or another config with image_shape, latent_dim and action_dim
 
     # -- input checks: shape errors name the argument, the shape seen and the shape expected --
 
@@ -330,6 +326,53 @@ class E2C(nn.Module):
     def _check_action(self, name, u, batch):
         return self._check_vectors(name, u, self.config.action_dim, "action_dim", batch)
 
+    def _check_triples(self, x_t, u_t, x_next):
+        """A batch of transitions (x_t, u_t, x_{t+1}) for a loss: shapes, batch sizes and pixel range."""
+        x_t, x_next = self._check_images("x_t", x_t), self._check_images("x_next", x_next)
+        if x_next.shape[0] != x_t.shape[0]:
+            raise ForesightError(f"x_next: batch of {x_next.shape[0]} does not match x_t's {x_t.shape[0]}")
+        u_t = self._check_action("u_t", u_t, x_t.shape[0])
+        for name, x in (("x_t", x_t), ("x_next", x_next)):
+            if not ((x >= 0) & (x <= 1)).all():  # also catches NaN; one host sync, cheap next to a step
+                raise ForesightError(f"{name}: expected pixel values in [0, 1], got range "
+                                     f"[{x.min().item():.3g}, {x.max().item():.3g}]")
+        return x_t, u_t, x_next
+
+    def _linearize_by_autograd(self, mean, z: torch.Tensor, u: torch.Tensor | None):
+        """A (B, Z, Z), B (B, Z, U), o (B, Z) of ``mean(z, u)`` (B, Z) at (z, u) (u defaults to 0), with o chosen
+        so that A z + B u + o equals the mean there."""
+        z = self._check_latent("z", z)
+        if u is None:
+            u = z.new_zeros(z.shape[0], self.config.action_dim)
+        u = self._check_action("u", u, z.shape[0])
+
+        def mean_one(z1, u1):  # (Z,), (U,) -> (Z,)
+            return mean(z1[None], u1[None])[0]
+
+        a, b = torch.func.vmap(torch.func.jacrev(mean_one, argnums=(0, 1)))(z, u)
+        o = mean(z, u) - (a @ z.unsqueeze(-1)).squeeze(-1) - (b @ u.unsqueeze(-1)).squeeze(-1)
+        return a, b, o
+
+
+class E2C(LatentModule):
+    """Embed to Control (config.model="e2c") or the VAE baseline (config.model="vae"); one API for both.
+
+    encode(x) -> Normal                  Q_phi(z | x), batch shape (B, Z)
+    decode(z) -> image                   (B, C, H, W) in [0, 1] (logits=True: the decoder's raw logits)
+    transition(z, u) -> distribution     predicted z_{t+1}; `.mean` (B, Z) is cheap
+    linearize(z, u=None) -> (A, B, o)    (B, Z, Z), (B, Z, U), (B, Z): mean of z_{t+1} ~ A z + B u + o
+    loss(x_t, u_t, x_next) -> dict       named scalar terms and the total under "loss"
+    """
+
+    def __init__(self, config: E2CConfig):
+        super().__init__()
+        if not isinstance(config, E2CConfig):
+            raise ForesightError(f"E2C(config): expected an E2CConfig, got {type(config).__name__}")
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.dynamics = LocallyLinearTransition(config) if config.model == "e2c" else FreeFormTransition(config)
+
     # -- the model's parts --
 
     def encode(self, x: torch.Tensor) -> Normal:
@@ -349,21 +392,11 @@ class E2C(nn.Module):
         exactly as the paper's iLQR uses them. VAE: autograd Jacobians of the mean at (z, u) (u defaults to 0),
         with o chosen so that A z + B u + o equals the mean there.
         """
+        if self.config.model != "e2c":
+            return self._linearize_by_autograd(lambda z1, u1: self.dynamics(z1, u1)[0], z, u)
         z = self._check_latent("z", z)
-        if u is None:
-            u = z.new_zeros(z.shape[0], self.config.action_dim)
-        u = self._check_action("u", u, z.shape[0])
-        if self.config.model == "e2c":
-            v, r, b, o = self.dynamics(z)
-            a = torch.eye(z.shape[1], dtype=z.dtype, device=z.device) + v.unsqueeze(-1) * r.unsqueeze(-2)
-            return a, b, o
-
-        def mean_one(z1, u1):  # (Z,), (U,) -> (Z,)
-            return self.dynamics(z1[None], u1[None])[0][0]
-
-        a, b = torch.func.vmap(torch.func.jacrev(mean_one, argnums=(0, 1)))(z, u)
-        mean = self.dynamics(z, u)[0]
-        o = mean - (a @ z.unsqueeze(-1)).squeeze(-1) - (b @ u.unsqueeze(-1)).squeeze(-1)
+        v, r, b, o = self.dynamics(z)
+        a = torch.eye(z.shape[1], dtype=z.dtype, device=z.device) + v.unsqueeze(-1) * r.unsqueeze(-2)
         return a, b, o
 
     def transition(self, z, u: torch.Tensor, *, at: torch.Tensor | None = None):
@@ -402,14 +435,7 @@ class E2C(nn.Module):
     def loss(self, x_t: torch.Tensor, u_t: torch.Tensor, x_next: torch.Tensor) -> dict[str, torch.Tensor]:
         """The E2C objective on a batch of transitions; returns scalars recon, recon_next, kl_prior,
         kl_transition and their weighted sum "loss" (all differentiable). Images (B, C, H, W) in [0, 1]."""
-        x_t, x_next = self._check_images("x_t", x_t), self._check_images("x_next", x_next)
-        if x_next.shape[0] != x_t.shape[0]:
-            raise ForesightError(f"x_next: batch of {x_next.shape[0]} does not match x_t's {x_t.shape[0]}")
-        u_t = self._check_action("u_t", u_t, x_t.shape[0])
-        for name, x in (("x_t", x_t), ("x_next", x_next)):
-            if not ((x >= 0) & (x <= 1)).all():  # also catches NaN; one host sync, cheap next to a step
-                raise ForesightError(f"{name}: expected pixel values in [0, 1], got range "
-                                     f"[{x.min().item():.3g}, {x.max().item():.3g}]")
+        x_t, u_t, x_next = self._check_triples(x_t, u_t, x_next)
 
         q_t = self.encode(x_t)  # Q_phi(z_t | x_t)
         q_next = self.encode(x_next)  # Q_phi(z_{t+1} | x_{t+1})

@@ -1,4 +1,5 @@
-"""A latent model as the planner sees it (Embed to Control, Watter et al. 2015; its VAE baseline): rollouts of
+"""A latent model as the planner sees it (Embed to Control, Watter et al. 2015; its VAE baseline; PCC, Levine et
+al. 2020; PC3, Shu et al. 2020): rollouts of
 latent means toward a goal image's latent, and the iLQR planner on the model's local linearisation.
 
 The model encodes the current observation and the goal image; a plan's cost is, with the suite's terms
@@ -30,7 +31,8 @@ class LatentModel:
     def __init__(self, model, trained_env: dict | None = None):
         cfg = getattr(model, "config", None)
         if cfg is None or not all(hasattr(model, m) for m in ("encode", "transition", "linearize")):
-            raise ForesightError("--model: not a latent model (E2C or its VAE baseline is needed for latent planning)")
+            raise ForesightError("--model: not a latent model (E2C, its VAE baseline, PCC or PC3 is needed for latent "
+                                 "planning)")
         self.model, self.config, self.trained_env = model.eval(), cfg, trained_env
 
     def check_env(self, env_id: str, env_kwargs: dict, env, source: str) -> None:
@@ -51,6 +53,10 @@ class LatentModel:
         x = torch.as_tensor(x, dtype=torch.float32).permute(2, 0, 1)[None] / 255
         with torch.no_grad():  # not inference mode: the VAE's iLQR differentiates the transition at this latent
             return self.model.encode(x).mean[0]
+
+    @property
+    def decodes(self) -> bool:
+        return hasattr(self.model, "decode")  # PC3 has no decoder
 
     def decode(self, z: torch.Tensor) -> np.ndarray:
         """The last frame of the decoded observation, uint8 (H, W, C)."""
@@ -88,8 +94,8 @@ class LatentRollouts:
         pass
 
     def pictures(self, step: int, scale: int) -> list[np.ndarray]:
-        """The model's decoding of the observation it planned from."""
-        return [viz.enlarge(self.latent.decode(self.z0), scale)]
+        """The model's decoding of the observation it planned from (none for a model without a decoder)."""
+        return [viz.enlarge(self.latent.decode(self.z0), scale)] if self.latent.decodes else []
 
 
 class ILQRPlanner:

@@ -100,7 +100,7 @@ def check(suite, names, model, where: str = "--planners") -> None:
     for name in needs:
         if not isinstance(model, MODEL_PLANNERS[name]):
             family = "a video prediction model (CDNA / DNA / SNA)" if name == "model" else \
-                "a latent model (E2C or its VAE baseline)"
+                "a latent model (E2C, its VAE baseline, PCC or PC3)"
             raise ForesightError(f"--model: planner {name!r} plans with {family}")
 
 
