@@ -1,7 +1,8 @@
 """E2C, PCC and PC3 on the PCC / PC3 protocol: percentage of steps in the goal region, Planar and swing-up.
 
 Writes benchmarks/results/e2c.json. For each system (planar: data/planar.toml, plan/planar.toml; swingup:
-data/pendulum.toml, plan/pendulum.toml):
+data/pendulum.toml, plan/pendulum.toml; balance: the swing-up's models on plan/balance.toml; cartpole:
+data/cartpole.toml, plan/cartpole.toml):
   1. the dataset, collected from its recipe if missing;
   2. --seeds models of each of the --kinds, E2C (train/e2c_<system>.toml), the VAE baseline (train/vae_<system>.toml),
      PCC (train/pcc_<system>.toml) and PC3 (train/pc3_<system>.toml), trained with train.seed = 0 .. N-1 into
@@ -39,10 +40,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 # PC3 (Shu et al., ICML 2020), Table 1: percentage of steps in the goal region, all models, mean +- its spread
-REFERENCE = {"planar": {"pcc": [56.6, 3.15], "pc3": [74.35, 0.76]}, "swingup": {"pcc": [26.41, 2.64], "pc3": [58.4, 3.53]}}
+REFERENCE = {"planar": {"pcc": [56.6, 3.15], "pc3": [74.35, 0.76]}, "swingup": {"pcc": [26.41, 2.64], "pc3": [58.4, 3.53]},
+             "balance": {"pcc": [91.9, 1.72], "pc3": [99.12, 0.66]}, "cartpole": {"pcc": [94.44, 1.34], "pc3": [96.26, 0.95]}}
 SYSTEMS = {  # benchmark key: (recipe stem, data recipe, suite)
     "planar": ("planar", "data/planar.toml", "plan/planar.toml"),
     "swingup": ("pendulum", "data/pendulum.toml", "plan/pendulum.toml"),
+    "balance": ("pendulum", "data/pendulum.toml", "plan/balance.toml"),  # the swing-up's models, another suite
+    "cartpole": ("cartpole", "data/cartpole.toml", "plan/cartpole.toml"),
 }
 PLANS = {"e2c": ("cem", "ilqr"), "vae": ("cem",), "pcc": ("cem", "ilqr"), "pc3": ("cem", "ilqr")}
 
@@ -90,12 +94,14 @@ def train(recipe: str, name: str, seed: int, reuse: bool, overrides: list[str]) 
     return run, (time.perf_counter() - start) / 60
 
 
-def plan(run: Path | None, suite_path: str, pairs: int, planners: list[str], out: Path) -> dict:
-    """Plan the suite's first `pairs` tasks with a trained run; the summary of each planner."""
+def plan(run: Path | None, suite_path: str, pairs: int, planners: list[str], out: Path, heldout: bool = False) -> dict:
+    """Plan the suite's first `pairs` tasks (or its held-out twin's) with a trained run; each planner's summary."""
     from foresight import recipes
     from foresight.planning import mpc, planners as planning, suites
 
     suite = suites.load(REPO / suite_path, [f"tasks={pairs}"])
+    if heldout:
+        suite = suites.heldout(suite, suite_path)
     model = planning.load_model(run) if run is not None else None
     print(f"plan {suite_path} with {run.name if run else 'no model'}: {', '.join(planners)}", flush=True)
     return mpc.run_suite(suite, out, model, planners, suite_path, videos=2, progress=False,
@@ -107,9 +113,10 @@ def mean_std(values) -> list[float]:
     return [round(float(v.mean()), 2), round(float(v.std()), 2)]
 
 
-def baselines(key: str, pairs: int, out: Path) -> dict:
-    """Random actions and the oracle (CEM on the true state) on a system's suite: no model involved."""
-    summary = plan(None, SYSTEMS[key][2], pairs, ["random", "oracle"], out / key / "baselines")
+def baselines(key: str, pairs: int, out: Path, heldout: bool = False) -> dict:
+    """Random actions and the oracle (CEM on the true state) on a system's suite (or its held-out twin)."""
+    summary = plan(None, SYSTEMS[key][2], pairs, ["random", "oracle"],
+                   out / key / ("baselines_heldout" if heldout else "baselines"), heldout)
     return {p: mean_std([t["percent_in_goal"] for t in summary[p]["per_task"]]) for p in ("random", "oracle")}
 
 
@@ -143,6 +150,8 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
     minutes = {kind: [] for kind in kinds}
     final_in_goal = {k: [] for k in percent}
     maps = {kind: [] for kind in kinds}
+    twin = {k: [] for k in percent}  # the same models on the held-out twin's pairs
+    twin_per_model = {k: [] for k in percent}
     for kind in kinds:
         planners = PLANS[kind]
         for seed in range(seeds):
@@ -159,6 +168,11 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
                 final_in_goal[f"{kind}_{p}"].append(summary[p]["success"])
                 for t in summary[p]["per_task"]:
                     per_goal[f"{kind}_{p}"][str(goals[t["task"] % len(goals)])].append(t["percent_in_goal"])
+            summary = plan(run, suite, pairs, list(planners), out / key / f"{name}_heldout", heldout=True)
+            for p in planners:
+                values = [t["percent_in_goal"] for t in summary[p]["per_task"]]
+                twin[f"{kind}_{p}"] += values
+                twin_per_model[f"{kind}_{p}"].append(round(float(np.mean(values)), 1))
     result = {k: mean_std(v) for k, v in percent.items()}
     if len(goals) > 1:  # which goals a model loses
         result["per_goal"] = {k: {g: mean_std(v) for g, v in by.items()} for k, by in per_goal.items()}
@@ -167,6 +181,8 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
     result["per_model"] = {k: [round(v, 1) for v in vs] for k, vs in per_model.items()}
     result.update({
         **baselines(key, pairs, out),
+        "heldout": {**{k: mean_std(v) for k, v in twin.items()}, **baselines(key, pairs, out, heldout=True)},
+        "heldout_per_model": twin_per_model,
         "reference": REFERENCE[key],
         "std_over_model_means": {k: round(float(np.std(v)), 2) for k, v in per_model.items()},
         "in_goal_at_the_end": {k: round(float(np.mean(v)), 3) for k, v in final_in_goal.items()},
@@ -252,6 +268,8 @@ def main() -> None:
         "protocol": "percentage of steps in the goal region; mean and std over models x start-goal pairs",
         "targets": {"planar": "the best kind at or above PC3's 74.35 with a std at most half of E2C's 2026-12-02 18.1",
                     "swingup": "the best kind at or above PC3's 58.4 with a std at most half of E2C's 34.1",
+                    "balance": "the best kind at or above PC3's 99.12",
+                    "cartpole": "the best kind at or above PC3's 96.26",
                     "train_minutes": "<= 10 per model on 2 cores"},
     }
     for key in systems:

@@ -22,10 +22,11 @@ ENVS = {
     "foresight/PushT-v0": "foresight.envs.pusht:PushTEnv",
     "foresight/Planar-v0": "foresight.envs.planar:PlanarEnv",
     "foresight/Pendulum-v0": "foresight.envs.pendulum:PendulumEnv",
+    "foresight/CartPole-v0": "foresight.envs.cartpole:CartPoleEnv",
 }
 # gymnasium's passive checker warns on every make that rgb_array frames should have 3 channels;
 # the classic E2C systems are grey by definition (check_env still runs in the tests).
-GREY = {"foresight/Planar-v0", "foresight/Pendulum-v0"}
+GREY = {"foresight/Planar-v0", "foresight/Pendulum-v0", "foresight/CartPole-v0"}
 
 for _id, _entry in ENVS.items():
     if _id not in registry:

@@ -15,7 +15,7 @@ from foresight.models import e2c, pc3, pcc
 from foresight.recipes import spec
 
 PLANAR = "foresight/Planar-v0"  # the system whose latent map the E2C paper draws
-STACK = {"planar": 1, "pendulum": 2, "point_push": 1}  # frames per observation of each preset
+STACK = {"planar": 1, "pendulum": 2, "point_push": 1, "cartpole": 2}  # frames per observation of each preset
 VARIANTS = {  # model.variant: (model class, its config, the presets it has)
     "e2c": (e2c.E2C, e2c.E2CConfig, e2c.PRESETS),
     "vae": (e2c.E2C, e2c.E2CConfig, e2c.PRESETS),
@@ -28,8 +28,8 @@ VARIANTS = {  # model.variant: (model class, its config, the presets it has)
 class E2CKeys:
     """The [model] table's keys that are not config fields."""
 
-    preset: str = spec(choices=tuple(STACK), help="the paper's 'planar' or 'pendulum', or 'point_push' (E2C and "
-                                                  "the VAE only)")
+    preset: str = spec(choices=tuple(STACK), help="'planar', 'pendulum', 'cartpole' (the papers' systems), or "
+                                                  "'point_push' (E2C and the VAE only)")
     kind: str = "e2c"
     variant: str = spec("e2c", choices=tuple(VARIANTS), help="'e2c', the 'vae' baseline, 'pcc' or 'pc3'")
     stack: int | None = spec(None, min=1, help="frames per observation (default: the preset's)")

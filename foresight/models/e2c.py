@@ -100,6 +100,9 @@ PRESETS = {  # the recipe's model.preset: the fields it sets (a recipe's keys ov
     # the paper's pendulum swing-up: two stacked 48x48 grey frames, z=3, encoder/decoder 800-800, transition 100-100
     "pendulum": dict(image_shape=(2, 48, 48), latent_dim=3, action_dim=1, encoder="mlp",
                      encoder_widths=(800, 800), decoder_widths=(800, 800), transition_widths=(100, 100)),
+    # PCC / PC3's cart-pole (the E2C paper has none), with PCC / PC3's sizes: models/pcc.py's PRESETS says how
+    "cartpole": dict(image_shape=(2, 80, 80), latent_dim=8, action_dim=1, encoder="conv", conv_channels=(32, 32, 10),
+                     encoder_widths=(200,), decoder_widths=(200,), transition_widths=(100, 100)),
     # 64x64 colour PointPush: four stride-2 convolutions (32-64-128-256) and a 256-unit layer each way
     "point_push": dict(image_shape=(3, 64, 64), latent_dim=8, action_dim=2, encoder="conv",
                        conv_channels=(32, 64, 128, 256), encoder_widths=(256,), decoder_widths=(256,),

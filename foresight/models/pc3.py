@@ -68,6 +68,10 @@ PRESETS = {  # the paper's sizes
                    transition_widths=(20, 20)),
     "pendulum": dict(image_shape=(2, 48, 48), latent_dim=3, action_dim=1, encoder="mlp", encoder_widths=(500, 500),
                      transition_widths=(30, 30)),
+    # PCC / PC3's cart-pole: two stacked 80x80 grey frames, z of 8; the papers' conv encoder (32-32-10 channels down to
+    # 10x10, then 200 units) with 4x4 stride-2 kernels in place of their 5x5 ones and without their first stride-1 layer
+    "cartpole": dict(image_shape=(2, 80, 80), latent_dim=8, action_dim=1, encoder="conv", conv_channels=(32, 32, 10),
+                     encoder_widths=(200,), transition_widths=(40, 40)),
 }
 
 

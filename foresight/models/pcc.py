@@ -65,8 +65,6 @@ class PCCConfig:
     determ_coeff: float = spec(0.3, min=0.0, help="weight of the mean-prediction term (authors' code)")
 
     def checks(self):
-        if len(self.backward_widths) != 3:
-            yield "backward_widths", "three sizes: image embedding, z and u embedding, joint hidden layer"
         if self.encoder == "conv":
             factor = 2 ** len(self.conv_channels)
             _, h, w = self.image_shape
@@ -79,6 +77,10 @@ PRESETS = {  # the papers' sizes (PCC and PC3 share encoder and transition width
                    decoder_widths=(300, 300), transition_widths=(20, 20), backward_widths=(100, 5, 100)),
     "pendulum": dict(image_shape=(2, 48, 48), latent_dim=3, action_dim=1, encoder="mlp", encoder_widths=(500, 500),
                      decoder_widths=(500, 500), transition_widths=(30, 30), backward_widths=(200, 10, 200)),
+    # PCC / PC3's cart-pole: two stacked 80x80 grey frames, z of 8; the papers' conv encoder (32-32-10 channels down to
+    # 10x10, then 200 units) with 4x4 stride-2 kernels in place of their 5x5 ones and without their first stride-1 layer
+    "cartpole": dict(image_shape=(2, 80, 80), latent_dim=8, action_dim=1, encoder="conv", conv_channels=(32, 32, 10),
+                     encoder_widths=(200,), decoder_widths=(200,), transition_widths=(40, 40), backward_widths=(200, 10, 200)),
 }
 
 
