@@ -163,7 +163,7 @@ def test_data_that_does_not_fit_the_preset_is_an_error(workdir):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.preset='cartpole'", r"key 'model.preset': expected one of \['planar', 'pendulum', 'point_push'\]"),
+    ("model.preset='acrobot'", r"key 'model.preset': expected one of \['planar', 'pendulum', 'point_push', 'cartpole'\]"),
     ("model.variant='rnn'", r"key 'model.variant': expected one of e2c, vae, pcc, pc3, got 'rnn'"),
     ("model.latent_dim=0", "key 'model.latent_dim': expected a value >= 1, got 0"),
     ("model.encoder_widths=[64, 0]", r"key 'model.encoder_widths\[1\]': expected a value >= 1"),
