@@ -30,8 +30,8 @@ import torch
 from torch.distributions import Normal
 
 from foresight.errors import ForesightError
-from foresight.models.e2c import ENCODERS, Encoder, FreeFormTransition, LatentModule
-from foresight.models.pcc import curvature, normal
+from foresight.models.e2c import ENCODERS, Encoder, FreeFormTransition
+from foresight.models.pcc import FreeFormLatent, curvature
 from foresight.recipes import spec
 
 
@@ -86,7 +86,7 @@ def cpc_bound(scores: torch.Tensor) -> torch.Tensor:
     return -(scores.diagonal() - torch.logsumexp(scores, dim=1) + math.log(b)).mean()
 
 
-class PC3(LatentModule):
+class PC3(FreeFormLatent):
     """PC3 with the latent planners' API (as E2C's, without ``decode``):
 
     encode(x) -> Normal                  N(E(x), sigma_E^2), batch shape (B, Z)
@@ -106,17 +106,6 @@ class PC3(LatentModule):
     def encode(self, x: torch.Tensor) -> Normal:
         z = self.encoder(self._check_images("x", x))
         return Normal(z, torch.full_like(z, self.config.latent_noise), validate_args=False)
-
-    def transition(self, z, u: torch.Tensor) -> Normal:
-        z = self._check_latent("z", z.mean if isinstance(z, Normal) else z)
-        return normal(*self.dynamics(z, self._check_action("u", u, z.shape[0])))
-
-    def linearize(self, z: torch.Tensor, u: torch.Tensor | None = None):
-        return self._linearize_by_autograd(self.mean_next, z, u)
-
-    def mean_next(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """The mean of F(z' | z, u), (B, Z): what planning rolls out."""
-        return self.dynamics(z, u)[0]
 
     def loss(self, x_t: torch.Tensor, u_t: torch.Tensor, x_next: torch.Tensor) -> dict[str, torch.Tensor]:
         x_t, u_t, x_next = self._check_triples(x_t, u_t, x_next)

@@ -122,7 +122,22 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(-1)
 
 
-class PCC(LatentModule):
+class FreeFormLatent(LatentModule):
+    """PCC's and PC3's transition F(z' | z, u) (``self.dynamics``, a ``FreeFormTransition``) as the planners use it."""
+
+    def transition(self, z, u: torch.Tensor) -> Normal:
+        z = self._check_latent("z", z.mean if isinstance(z, Normal) else z)
+        return normal(*self.dynamics(z, self._check_action("u", u, z.shape[0])))
+
+    def linearize(self, z: torch.Tensor, u: torch.Tensor | None = None):
+        return self._linearize_by_autograd(self.mean_next, z, u)
+
+    def mean_next(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The mean of F(z' | z, u), (B, Z): what planning rolls out."""
+        return self.dynamics(z, u)[0]
+
+
+class PCC(FreeFormLatent):
     """PCC with the latent planners' API (as E2C's):
 
     encode(x) -> Normal                  E(z | x), batch shape (B, Z)
@@ -148,17 +163,6 @@ class PCC(LatentModule):
     def decode(self, z: torch.Tensor, *, logits: bool = False) -> torch.Tensor:
         out = self.decoder(self._check_latent("z", z))
         return out if logits else torch.sigmoid(out)
-
-    def transition(self, z, u: torch.Tensor) -> Normal:
-        z = self._check_latent("z", z.mean if isinstance(z, Normal) else z)
-        return normal(*self.dynamics(z, self._check_action("u", u, z.shape[0])))
-
-    def linearize(self, z: torch.Tensor, u: torch.Tensor | None = None):
-        return self._linearize_by_autograd(self.mean_next, z, u)
-
-    def mean_next(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """The mean of F(z' | z, u), (B, Z): what planning rolls out."""
-        return self.dynamics(z, u)[0]
 
     def loss(self, x_t: torch.Tensor, u_t: torch.Tensor, x_next: torch.Tensor) -> dict[str, torch.Tensor]:
         x_t, u_t, x_next = self._check_triples(x_t, u_t, x_next)
