@@ -138,7 +138,7 @@ def map_score(run: Path) -> float:
 
 
 def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, overrides: list[str],
-                     tag: str = "", kinds: tuple[str, ...] = tuple(PLANS)) -> dict:
+                     tag: str = "", kinds: tuple[str, ...] = tuple(PLANS), first_seed: int = 0) -> dict:
     from foresight.planning import suites
 
     stem, data, suite = SYSTEMS[key]
@@ -154,7 +154,7 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
     twin_per_model = {k: [] for k in percent}
     for kind in kinds:
         planners = PLANS[kind]
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             name = f"{kind}_{stem}{suffix(tag)}_seed{seed}"
             run, m = train(f"train/{kind}_{stem}.toml", name, seed, reuse, overrides)
             minutes[kind].append(round(m, 2))
@@ -179,16 +179,19 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
     if key == "planar":  # 1: a flat map like the E2C paper's; folded ones 0.65-0.88 lose pairs
         result["map_rank_correlation"] = maps
     result["per_model"] = {k: [round(v, 1) for v in vs] for k, vs in per_model.items()}
+    # a variant (--tag) plans the same suites: its file holds the models' figures, e2c.json the baselines'
     result.update({
-        **baselines(key, pairs, out),
-        "heldout": {**{k: mean_std(v) for k, v in twin.items()}, **baselines(key, pairs, out, heldout=True)},
+        **({} if tag else baselines(key, pairs, out)),
+        "heldout": {**{k: mean_std(v) for k, v in twin.items()},
+                    **({} if tag else baselines(key, pairs, out, heldout=True))},
         "heldout_per_model": twin_per_model,
         "reference": REFERENCE[key],
         "std_over_model_means": {k: round(float(np.std(v)), 2) for k, v in per_model.items()},
         "in_goal_at_the_end": {k: round(float(np.mean(v)), 3) for k, v in final_in_goal.items()},
         "train_minutes": minutes,
         "train_minutes_mean": {k: round(float(np.mean(v)), 2) for k, v in minutes.items()},
-        "models": {kind: seeds for kind in kinds}, "date": {kind: date.today().isoformat() for kind in kinds},
+        "models": {kind: seeds for kind in kinds}, "first_seed": first_seed,
+        "date": {kind: date.today().isoformat() for kind in kinds},
         "pairs": pairs, "data": data, "suite": suite,
         "recipes": {kind: f"train/{kind}_{stem}.toml" for kind in kinds},
     })
@@ -232,6 +235,8 @@ def save(out: Path, result: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=10, help="models trained per kind and system (issue: 10)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first-seed .. first-seed + seeds - 1 (a variant tried on some of the models)")
     ap.add_argument("--pairs", type=int, default=10, help="start-goal pairs per model (issue: 10)")
     ap.add_argument("--systems", default="planar,swingup,point_push")
     ap.add_argument("--kinds", default=",".join(PLANS), help=f"model kinds to train and plan ({', '.join(PLANS)})")
@@ -249,8 +254,8 @@ def main() -> None:
     systems = args.systems.split(",")
     kinds = tuple(args.kinds.split(","))
     unknown = sorted(set(systems) - {*SYSTEMS, "point_push"})
-    if unknown or args.seeds < 1 or args.pairs < 1:
-        ap.error(f"--systems: unknown {unknown}" if unknown else "--seeds and --pairs must be >= 1")
+    if unknown or args.seeds < 1 or args.pairs < 1 or args.first_seed < 0:
+        ap.error(f"--systems: unknown {unknown}" if unknown else "--seeds and --pairs must be >= 1, --first-seed >= 0")
     if set(kinds) - set(PLANS):
         ap.error(f"--kinds: unknown {sorted(set(kinds) - set(PLANS))} (expected some of {', '.join(PLANS)})")
 
@@ -280,7 +285,8 @@ def main() -> None:
                 save(out, result)
             continue
         result[key] = (point_push_benchmark(args.pairs, args.reuse, plans, args.set, args.tag) if key == "point_push"
-                       else system_benchmark(key, args.seeds, args.pairs, args.reuse, plans, args.set, args.tag, kinds))
+                       else system_benchmark(key, args.seeds, args.pairs, args.reuse, plans, args.set, args.tag, kinds,
+                                         args.first_seed))
         result[key]["train_overrides"] = args.set
         save(out, result)  # after each system: nothing lost on a kill
     print(json.dumps(result, indent=1))
