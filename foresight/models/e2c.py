@@ -57,29 +57,20 @@ LOGVAR_RANGE = (-12.0, 8.0)  # keeps exp(logvar) and 1/var finite; far outside w
 
 
 @dataclass(frozen=True)
-class E2CConfig:
-    """Architecture and loss weights of an E2C model (or its VAE baseline). Checked where it is read
-    (``foresight.recipes.from_dict``, which also turns lists into tuples); a config built in Python is taken
-    as it is."""
+class LatentConfig:
+    """What every latent model's config holds (E2C's, PCC's, PC3's): the image, the sizes, the encoder and the
+    transition's widths. Each model's config adds its own terms and redefines ``model`` and the defaults."""
 
     image_shape: tuple[int, int, int] = spec(min=1, help="(C, H, W) of the model's input image")
     latent_dim: int = spec(min=1, help="Z")
     action_dim: int = spec(min=1, help="U")
-    model: str = spec("e2c", choices=MODELS, help="'e2c': locally linear transition | 'vae': free-form MLP "
-                                                 "transition (baseline)")
+    model: str = spec("e2c", choices=MODELS, help="the model family")
     encoder: str = spec("mlp", choices=ENCODERS, help="'mlp': fully connected on the flattened image | 'conv': "
                                                       "strided convolutions")
     encoder_widths: tuple[int, ...] = spec((150, 150, 150), min=1, help="hidden layers (after the convolutions "
                                                                       "for 'conv')")
-    decoder_widths: tuple[int, ...] = spec((200, 200), min=1, help="hidden layers (before the deconvolutions "
-                                                                  "for 'conv')")
-    transition_widths: tuple[int, ...] = spec((100, 100), min=1, help="hidden layers of h_psi^trans")
+    transition_widths: tuple[int, ...] = spec((100, 100), min=1, help="hidden layers of the transition network")
     conv_channels: tuple[int, ...] = spec((32, 64, 128, 256), min=1, help="'conv' only: each layer halves H and W")
-    likelihood: str = spec("bernoulli", choices=LIKELIHOODS, help="'bernoulli' (decoder gives logits) | "
-                                                                  "'gaussian' (fixed pixel_std)")
-    pixel_std: float = spec(0.1, above=0.0, help="'gaussian' only: the std of each pixel's likelihood")
-    beta: float = spec(1.0, min=0.0, help="weight of KL(Q_phi(z_t | x_t) || N(0, I))")
-    lam: float = spec(0.25, min=0.0, help="lambda, weight of KL(Q_psi(z^_{t+1}) || Q_phi(z_{t+1} | x_{t+1}))")
 
     def checks(self):
         if self.encoder == "conv":
@@ -91,6 +82,24 @@ class E2CConfig:
             if h % factor or w % factor:
                 yield "image_shape", (f"H and W multiples of {factor} for {len(self.conv_channels)} stride-2 conv "
                                       f"layers (conv_channels={self.conv_channels})")
+
+
+@dataclass(frozen=True)
+class E2CConfig(LatentConfig):
+    """Architecture and loss weights of an E2C model (or its VAE baseline). Checked where it is read
+    (``foresight.recipes.from_dict``, which also turns lists into tuples); a config built in Python is taken
+    as it is."""
+
+    model: str = spec("e2c", choices=MODELS, help="'e2c': locally linear transition | 'vae': free-form MLP "
+                                                 "transition (baseline)")
+    transition_widths: tuple[int, ...] = spec((100, 100), min=1, help="hidden layers of h_psi^trans")
+    decoder_widths: tuple[int, ...] = spec((200, 200), min=1, help="hidden layers (before the deconvolutions "
+                                                                  "for 'conv')")
+    likelihood: str = spec("bernoulli", choices=LIKELIHOODS, help="'bernoulli' (decoder gives logits) | "
+                                                                  "'gaussian' (fixed pixel_std)")
+    pixel_std: float = spec(0.1, above=0.0, help="'gaussian' only: the std of each pixel's likelihood")
+    beta: float = spec(1.0, min=0.0, help="weight of KL(Q_phi(z_t | x_t) || N(0, I))")
+    lam: float = spec(0.25, min=0.0, help="lambda, weight of KL(Q_psi(z^_{t+1}) || Q_phi(z_{t+1} | x_{t+1}))")
 
 
 PRESETS = {  # the recipe's model.preset: the fields it sets (a recipe's keys override them)
@@ -199,10 +208,9 @@ def trunk(sizes: list[int]) -> nn.Module:
     return nn.Sequential(mlp(sizes), nn.ReLU()) if len(sizes) > 1 else nn.Identity()
 
 
-def image_features(cfg) -> tuple[nn.Module, int]:
+def image_features(cfg: LatentConfig) -> tuple[nn.Module, int]:
     """The encoder's first part and its output size: strided convolutions and a flatten (encoder 'conv'; each
-    layer halves H and W) or a flatten of the raw pixels ('mlp'). Reads cfg's image_shape, encoder and
-    conv_channels."""
+    layer halves H and W) or a flatten of the raw pixels ('mlp')."""
     c, h, w = cfg.image_shape
     if cfg.encoder != "conv":
         return nn.Flatten(), c * h * w
@@ -216,9 +224,9 @@ def image_features(cfg) -> tuple[nn.Module, int]:
 
 class Encoder(nn.Module):
     """x (B, C, H, W) -> (mu, logvar) of Q_phi(z | x), each (B, Z); with gaussian=False (PC3's deterministic
-    encoder) z (B, Z) alone. Reads cfg's image_shape, encoder, conv_channels, encoder_widths and latent_dim."""
+    encoder) z (B, Z) alone."""
 
-    def __init__(self, cfg, gaussian: bool = True):
+    def __init__(self, cfg: LatentConfig, gaussian: bool = True):
         super().__init__()
         self.gaussian = gaussian
         self.features, n_in = image_features(cfg)
@@ -279,7 +287,7 @@ class FreeFormTransition(nn.Module):
     """VAE baseline (and PCC / PC3's transition): (z, u) -> mean and log variance of z_{t+1}, each (B, Z). The
     mean is z + a learned step (the skip connection of PCC's and PC3's code)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: LatentConfig):
         super().__init__()
         z, u = cfg.latent_dim, cfg.action_dim
         self.trunk = trunk([z + u, *cfg.transition_widths])
@@ -299,7 +307,7 @@ class LatentModule(nn.Module):
     """What every latent model here (E2C, the VAE baseline, PCC, PC3) shares: input checks whose errors name
     the argument, the shape seen and the shape expected, and autograd linearisation of a transition mean."""
 
-    config: E2CConfig  # or another config with image_shape, latent_dim and action_dim
+    config: LatentConfig
 
     # -- input checks: shape errors name the argument, the shape seen and the shape expected --
 

@@ -30,37 +30,25 @@ import torch
 from torch.distributions import Normal
 
 from foresight.errors import ForesightError
-from foresight.models.e2c import ENCODERS, Encoder, FreeFormTransition
+from foresight.models.e2c import Encoder, FreeFormTransition, LatentConfig
 from foresight.models.pcc import FreeFormLatent, curvature
 from foresight.recipes import spec
 
 
 @dataclass(frozen=True)
-class PC3Config:
+class PC3Config(LatentConfig):
     """Architecture and loss weights of a PC3 model (the paper's planar sizes by default). Checked where it is
     read (``foresight.recipes.from_dict``)."""
 
-    image_shape: tuple[int, int, int] = spec(min=1, help="(C, H, W) of the model's input image")
-    latent_dim: int = spec(min=1, help="Z")
-    action_dim: int = spec(min=1, help="U")
     model: str = spec("pc3", choices=("pc3",), help="always 'pc3'")
-    encoder: str = spec("mlp", choices=ENCODERS, help="'mlp' on the flattened image | 'conv': strided convolutions")
     encoder_widths: tuple[int, ...] = spec((300, 300), min=1, help="hidden layers of E")
     transition_widths: tuple[int, ...] = spec((20, 20), min=1, help="hidden layers of F")
-    conv_channels: tuple[int, ...] = spec((32, 64, 128, 256), min=1, help="'conv' only: each layer halves H and W")
     lam_nce: float = spec(1.0, min=0.0, help="weight of the CPC bound L_cpc")
     lam_c: float = spec(1.0, min=0.0, help="weight of the consistency term L_c")
     lam_cur: float = spec(7.0, min=0.0, help="weight of the curvature term L_cur")
     delta: float = spec(0.1, above=0.0, help="std of the curvature term's perturbations")
     latent_noise: float = spec(0.1, min=0.0, help="sigma_E, the std of the noise added to the next encoding")
     norm_coeff: float = spec(0.1, min=0.0, help="weight of the centring term L_0")
-
-    def checks(self):
-        if self.encoder == "conv":
-            factor = 2 ** len(self.conv_channels)
-            _, h, w = self.image_shape
-            if h % factor or w % factor:
-                yield "image_shape", f"H and W multiples of {factor} for {len(self.conv_channels)} stride-2 layers"
 
 
 PRESETS = {  # the paper's sizes

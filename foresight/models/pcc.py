@@ -36,40 +36,28 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from foresight.errors import ForesightError
-from foresight.models.e2c import (ENCODERS, LOGVAR_RANGE, Decoder, Encoder, FreeFormTransition, LatentModule,
+from foresight.models.e2c import (LOGVAR_RANGE, Decoder, Encoder, FreeFormTransition, LatentConfig, LatentModule,
                                   image_features)
 from foresight.recipes import spec
 
 
 @dataclass(frozen=True)
-class PCCConfig:
+class PCCConfig(LatentConfig):
     """Architecture and loss weights of a PCC model (the paper's planar sizes by default). Checked where it is
     read (``foresight.recipes.from_dict``)."""
 
-    image_shape: tuple[int, int, int] = spec(min=1, help="(C, H, W) of the model's input image")
-    latent_dim: int = spec(min=1, help="Z")
-    action_dim: int = spec(min=1, help="U")
     model: str = spec("pcc", choices=("pcc",), help="always 'pcc'")
-    encoder: str = spec("mlp", choices=ENCODERS, help="'mlp' on the flattened image | 'conv': strided convolutions")
     encoder_widths: tuple[int, ...] = spec((300, 300), min=1, help="hidden layers of E")
-    decoder_widths: tuple[int, ...] = spec((300, 300), min=1, help="hidden layers of D")
     transition_widths: tuple[int, ...] = spec((20, 20), min=1, help="hidden layers of F")
+    decoder_widths: tuple[int, ...] = spec((300, 300), min=1, help="hidden layers of D")
     backward_widths: tuple[int, int, int] = spec((100, 5, 100), min=1, help="Q: the image's embedding, the "
                                                  "embedding of z^_{t+1} and of u_t each, the joint hidden layer")
-    conv_channels: tuple[int, ...] = spec((32, 64, 128, 256), min=1, help="'conv' only: each layer halves H and W")
     lam_p: float = spec(1.0, min=0.0, help="weight of the prediction bound L_p")
     lam_c: float = spec(8.0, min=0.0, help="weight of the consistency term L_c")
     lam_cur: float = spec(8.0, min=0.0, help="weight of the curvature term L_cur")
     delta: float = spec(0.1, above=0.0, help="std of the curvature term's perturbations eta")
     vae_coeff: float = spec(0.01, min=0.0, help="weight of the autoencoder term on x_t (authors' code)")
     determ_coeff: float = spec(0.3, min=0.0, help="weight of the mean-prediction term (authors' code)")
-
-    def checks(self):
-        if self.encoder == "conv":
-            factor = 2 ** len(self.conv_channels)
-            _, h, w = self.image_shape
-            if h % factor or w % factor:
-                yield "image_shape", f"H and W multiples of {factor} for {len(self.conv_channels)} stride-2 layers"
 
 
 PRESETS = {  # the papers' sizes (PCC and PC3 share encoder and transition widths)
