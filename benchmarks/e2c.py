@@ -19,6 +19,8 @@ one E2C model, the block's final pixel distance to its place in the goal image.
     python benchmarks/e2c.py --systems planar --kinds pcc,pc3 --reuse   # some kinds; the others' figures stay
     python benchmarks/e2c.py --baselines-only --systems planar,swingup   # random and oracle only, kept beside
     python benchmarks/e2c.py --systems planar --seeds 3 --tag lam64 --set model.lam=64   # a recipe variant
+    python benchmarks/e2c.py --systems swingup --kinds pc3 --reuse --tag starts --plan-set ilqr.extreme_starts=3
+                                                                    # a planner variant on the default models
 
 The issue's protocol is --seeds 10 --pairs 10 (the defaults).
 """
@@ -94,12 +96,14 @@ def train(recipe: str, name: str, seed: int, reuse: bool, overrides: list[str]) 
     return run, (time.perf_counter() - start) / 60
 
 
-def plan(run: Path | None, suite_path: str, pairs: int, planners: list[str], out: Path, heldout: bool = False) -> dict:
-    """Plan the suite's first `pairs` tasks (or its held-out twin's) with a trained run; each planner's summary."""
+def plan(run: Path | None, suite_path: str, pairs: int, planners: list[str], out: Path, heldout: bool = False,
+         plan_sets: list[str] = ()) -> dict:
+    """Plan the suite's first `pairs` tasks (or its held-out twin's) with a trained run; each planner's summary.
+    ``plan_sets`` override the suite's keys (--plan-set)."""
     from foresight import recipes
     from foresight.planning import mpc, planners as planning, suites
 
-    suite = suites.load(REPO / suite_path, [f"tasks={pairs}"])
+    suite = suites.load(REPO / suite_path, [*plan_sets, f"tasks={pairs}"])
     if heldout:
         suite = suites.heldout(suite, suite_path)
     model = planning.load_model(run) if run is not None else None
@@ -138,7 +142,8 @@ def map_score(run: Path) -> float:
 
 
 def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, overrides: list[str],
-                     tag: str = "", kinds: tuple[str, ...] = tuple(PLANS), first_seed: int = 0) -> dict:
+                     tag: str = "", kinds: tuple[str, ...] = tuple(PLANS), first_seed: int = 0,
+                     plan_sets: list[str] = ()) -> dict:
     from foresight.planning import suites
 
     stem, data, suite = SYSTEMS[key]
@@ -155,12 +160,13 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
     for kind in kinds:
         planners = PLANS[kind]
         for seed in range(first_seed, first_seed + seeds):
-            name = f"{kind}_{stem}{suffix(tag)}_seed{seed}"
-            run, m = train(f"train/{kind}_{stem}.toml", name, seed, reuse, overrides)
+            name = f"{kind}_{stem}{suffix(tag)}_seed{seed}"  # the plans' folder; the run's name when --set
+            run_name = name if overrides else f"{kind}_{stem}_seed{seed}"  # only --plan-set: the default models
+            run, m = train(f"train/{kind}_{stem}.toml", run_name, seed, reuse, overrides)
             minutes[kind].append(round(m, 2))
             if key == "planar":
                 maps[kind].append(round(map_score(run), 3))
-            summary = plan(run, suite, pairs, list(planners), out / key / name)
+            summary = plan(run, suite, pairs, list(planners), out / key / name, plan_sets=plan_sets)
             for p in planners:
                 values = [t["percent_in_goal"] for t in summary[p]["per_task"]]
                 percent[f"{kind}_{p}"] += values
@@ -168,7 +174,7 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
                 final_in_goal[f"{kind}_{p}"].append(summary[p]["success"])
                 for t in summary[p]["per_task"]:
                     per_goal[f"{kind}_{p}"][str(goals[t["task"] % len(goals)])].append(t["percent_in_goal"])
-            summary = plan(run, suite, pairs, list(planners), out / key / f"{name}_heldout", heldout=True)
+            summary = plan(run, suite, pairs, list(planners), out / key / f"{name}_heldout", True, plan_sets)
             for p in planners:
                 values = [t["percent_in_goal"] for t in summary[p]["per_task"]]
                 twin[f"{kind}_{p}"] += values
@@ -244,9 +250,12 @@ def main() -> None:
     ap.add_argument("--baselines-only", action="store_true",
                     help="planar / swingup: run only random and the oracle, keeping the models' figures in the file")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a key of every training recipe (a quick check: --set train.steps=20)")
-    ap.add_argument("--tag", default="", help="a variant's name: its runs are <kind>_<system>_<tag>_seed<k> and its "
-                    "figures go to results/e2c_<tag>.json (with --set, a recipe change tried beside the default)")
+                    help="override a key of every training recipe (a quick check: --tag quick --set train.steps=20)")
+    ap.add_argument("--plan-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of every suite the models plan (with --tag: a planner change tried on the "
+                    "default models, e.g. --plan-set ilqr.extreme_starts=3)")
+    ap.add_argument("--tag", default="", help="a variant's name: its figures go to results/e2c_<tag>.json; with --set "
+                    "(a recipe change tried beside the default) its runs are <kind>_<system>_<tag>_seed<k>")
     ap.add_argument("--out", default=None, help="results file (default results/e2c.json, or e2c_<tag>.json)")
     ap.add_argument("--threads", type=int, default=1,
                     help="threads of each run; runs go one at a time (default 1: the other core stays free)")
@@ -256,6 +265,8 @@ def main() -> None:
     unknown = sorted(set(systems) - {*SYSTEMS, "point_push"})
     if unknown or args.seeds < 1 or args.pairs < 1 or args.first_seed < 0:
         ap.error(f"--systems: unknown {unknown}" if unknown else "--seeds and --pairs must be >= 1, --first-seed >= 0")
+    if (args.set or args.plan_set) and not args.tag:
+        ap.error("--set and --plan-set make a variant: name it with --tag (its figures stay out of e2c.json)")
     if set(kinds) - set(PLANS):
         ap.error(f"--kinds: unknown {sorted(set(kinds) - set(PLANS))} (expected some of {', '.join(PLANS)})")
 
@@ -286,8 +297,9 @@ def main() -> None:
             continue
         result[key] = (point_push_benchmark(args.pairs, args.reuse, plans, args.set, args.tag) if key == "point_push"
                        else system_benchmark(key, args.seeds, args.pairs, args.reuse, plans, args.set, args.tag, kinds,
-                                         args.first_seed))
+                                             args.first_seed, args.plan_set))
         result[key]["train_overrides"] = args.set
+        result[key]["plan_overrides"] = args.plan_set
         save(out, result)  # after each system: nothing lost on a kill
     print(json.dumps(result, indent=1))
 

@@ -129,6 +129,31 @@ def test_ilqr_respects_the_action_bounds():
     torch.testing.assert_close(u, torch.tensor([[1.0, -1.0]] * 4))  # as far as the bounds allow, every step
 
 
+class CubicModel:
+    """z' = z + u^3: at u = 0 the action has no first-order effect, so a plan of zeros is stationary for iLQR."""
+
+    def transition(self, z, u):
+        return SimpleNamespace(mean=z + u ** 3)
+
+    def linearize(self, z, u=None):
+        n, Z = z.shape
+        return torch.eye(Z).expand(n, Z, Z), torch.diag_embed(3 * u ** 2), torch.zeros(n, Z)
+
+
+def test_ilqr_random_starts_escape_a_stationary_plan():
+    cost = latent_cost(0.0, 1.0, torch.ones(1))
+    goal, z0 = torch.tensor([2.0]), torch.zeros(1)
+    stuck = LatentILQR(CubicModel(), cost, goal, -torch.ones(1), torch.ones(1), ILQRSettings(horizon=4))
+    u, J = stuck.plan(z0)
+    assert torch.equal(u, torch.zeros(4, 1)) and J == pytest.approx(4 * 4.0)  # never leaves the zero plan
+    starts = ILQRSettings(horizon=4, uniform_starts=2, extreme_starts=2)
+    u, J = LatentILQR(CubicModel(), cost, goal, -torch.ones(1), torch.ones(1), starts,
+                      np.random.default_rng(0)).plan(z0)
+    z = torch.cumsum(u[:, 0] ** 3, 0)  # the rollout, computed directly
+    assert J == pytest.approx(float(((z - 2.0) ** 2).sum()), rel=1e-5)
+    assert J < 2.0  # reaches the goal in two full pushes and stays: 1 + 0 + 0 + 0
+
+
 @pytest.mark.parametrize("planner", ["cem", "ilqr"])
 def test_planning_with_the_true_dynamics_reaches_the_goals(tmp_path, planner):
     s, _ = suite(tmp_path)

@@ -23,6 +23,8 @@ class ILQRSettings:
     iterations: int = spec(10, min=1, help="iLQR iterations per replan (fewer when converged)")
     regularization: float = spec(1e-3, min=0.0, help="initial Levenberg-Marquardt term added to Q_uu")
     tolerance: float = spec(1e-4, min=0.0, help="stop when an iteration lowers the cost by less than this fraction")
+    uniform_starts: int = spec(0, min=0, help="more initial plans each replan, every action uniform in the bounds")
+    extreme_starts: int = spec(0, min=0, help="more initial plans each replan, every action at a random bound")
 
 
 def rollout(model, z0: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -41,11 +43,16 @@ class LatentILQR:
     u_t + a k_t + K_t (z'_t - z_t) for several step sizes a at once through the real (nonlinear) model. A
     feed-forward step that would leave the bounds is clipped to them, and that action dimension gets no
     feedback (Tassa et al. 2014's clamped-control rule, with the box QP solved by clipping).
+
+    iLQR finds the local optimum nearest its initial plan. Beside the warm start, each replan can also optimise
+    fresh random plans (``uniform_starts``, ``extreme_starts``: PC3's code draws 3 of each) and keep the cheapest
+    result: a pendulum at rest below its goal has a stationary plan (no torque) that a full push escapes.
     """
 
     ALPHAS = (1.0, 0.5, 0.25, 0.1, 0.03)
 
-    def __init__(self, model, cost: Cost, goal: torch.Tensor, low, high, settings: ILQRSettings = ILQRSettings()):
+    def __init__(self, model, cost: Cost, goal: torch.Tensor, low, high, settings: ILQRSettings = ILQRSettings(),
+                 rng: np.random.Generator | None = None):
         unknown = set(cost.terms) - {"goal_distance", "effort"}
         if "goal_distance" not in cost.terms or unknown:
             raise ForesightError(f"cost: iLQR plans with the terms goal_distance and effort only, got "
@@ -58,6 +65,7 @@ class LatentILQR:
             raise ForesightError(f"low/high: expected action bounds with low < high, got {self.low.tolist()} and "
                                  f"{self.high.tolist()}")
         self.plan_u: torch.Tensor | None = None  # (T, A) the warm start
+        self.rng = rng if rng is not None else np.random.default_rng(0)  # the random initial plans
         self.iterations_run = 0
 
     @property
@@ -74,14 +82,30 @@ class LatentILQR:
             self.plan_u = torch.cat([self.plan_u[n:], self.plan_u[-1:].expand(n, -1)])
 
     def plan(self, z0: torch.Tensor, u_init: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
-        """z0 (Z,) -> the planned actions (T, A) and their cost."""
-        T, s = self.horizon, self.settings
+        """z0 (Z,) -> the planned actions (T, A) and their cost: the cheapest local optimum over the initial plans
+        (``u_init``, else the warm start, else the middle of the bounds; then the random ones)."""
+        T, s, A = self.horizon, self.settings, len(self.low)
         if u_init is None:
             u_init = self.plan_u if self.plan_u is not None else ((self.low + self.high) / 2).expand(T, -1)
-        u = torch.maximum(torch.minimum(torch.as_tensor(u_init, dtype=torch.float32), self.high), self.low)
-        if u.shape != (T, len(self.low)):
-            raise ForesightError(f"u_init: expected shape ({T}, {len(self.low)}), got {tuple(u.shape)}")
+        u_init = torch.as_tensor(u_init, dtype=torch.float32)
+        if u_init.shape != (T, A):
+            raise ForesightError(f"u_init: expected shape ({T}, {A}), got {tuple(u_init.shape)}")
+        low, high = self.low.double().numpy(), self.high.double().numpy()
+        starts = [u_init]
+        starts += [torch.as_tensor(self.rng.uniform(low, high, (T, A)), dtype=torch.float32)
+                   for _ in range(s.uniform_starts)]
+        starts += [torch.as_tensor(np.where(self.rng.random((T, A)) < 0.5, low, high), dtype=torch.float32)
+                   for _ in range(s.extreme_starts)]
         z0 = torch.as_tensor(z0, dtype=torch.float32).reshape(1, -1)
+        self.iterations_run = 0
+        u, J = min((self._optimize(z0, start) for start in starts), key=lambda result: result[1])
+        self.plan_u = u.clone()
+        return u, J
+
+    def _optimize(self, z0: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """iLQR from one initial plan u (T, A), clipped to the bounds: the local optimum's actions and cost."""
+        T, s = self.horizon, self.settings
+        u = torch.maximum(torch.minimum(u, self.high), self.low)
         with torch.no_grad():
             z = rollout(self.model, z0, u[None])[0]  # (T+1, Z)
             J = float(self._cost(z[None], u[None])[0])
@@ -89,7 +113,6 @@ class LatentILQR:
         g = self.goal.double().numpy()
         low, high = self.low.double().numpy(), self.high.double().numpy()
         mu = s.regularization
-        self.iterations_run = 0
         for _ in range(s.iterations):
             self.iterations_run += 1
             with torch.no_grad():
@@ -122,7 +145,6 @@ class LatentILQR:
                 mu = max(mu * 10, 1e-3)
                 if mu > 1e6:
                     break
-        self.plan_u = u.clone()
         return u, J
 
     def _cost(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -99,11 +99,12 @@ class LatentRollouts:
 
 
 class ILQRPlanner:
-    """iLQR on the latent model's own local linearisation, warm-started from the last plan shifted."""
+    """iLQR on the latent model's own local linearisation, warm-started from the last plan shifted; ``rng``
+    draws the settings' random initial plans."""
 
-    def __init__(self, rollouts: LatentRollouts, cost, low, high, settings):
+    def __init__(self, rollouts: LatentRollouts, cost, low, high, settings, rng=None):
         self.rollouts = rollouts
-        self.ilqr = LatentILQR(rollouts.latent.model, cost, rollouts.goal, low, high, settings)
+        self.ilqr = LatentILQR(rollouts.latent.model, cost, rollouts.goal, low, high, settings, rng)
         self.replans = 0
 
     @property

@@ -139,7 +139,7 @@ def make(name: str, suite, env, task, obs, model=None):
         return CEMPlanner(CEM(suite.cem, low, high), oracle.SimulatorGoalDistance(env, suite, task), cost, rest)
     rollouts = LatentRollouts(model, task, obs)
     if name == "ilqr":
-        return ILQRPlanner(rollouts, cost, low, high, suite.ilqr)
+        return ILQRPlanner(rollouts, cost, low, high, suite.ilqr, np.random.default_rng([suite.seed, task.index, 11]))
     return CEMPlanner(CEM(suite.cem, low, high), rollouts, cost, rest)
 
 
