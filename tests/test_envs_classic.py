@@ -357,6 +357,12 @@ def test_pendulum_angle_is_normalised_and_resets_are_in_range():
     for bad in (-1.0, 9.5, True, "fast"):
         with pytest.raises(ForesightError, match=r"reset_speed must be a number in \[0, 3 pi"):
             PendulumEnv(reset_speed=bad)
+    some_at_rest = PendulumEnv(rest_fraction=0.3)
+    speeds = np.array([some_at_rest.reset(seed=s)[1]["state"][1] for s in range(400)])
+    assert 0.2 < np.mean(speeds == 0) < 0.4 and np.abs(speeds).max() > 9.0  # the others as before
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(ForesightError, match=r"rest_fraction must be a number in \[0, 1\]"):
+            PendulumEnv(rest_fraction=bad)
 
 
 # --- both ----------------------------------------------------------------------------------------

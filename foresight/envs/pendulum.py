@@ -105,7 +105,9 @@ class PendulumEnv(gym.Env):
       uses 0.65), clipped to it.
     - ``info["state"]`` is ``(theta, omega)``; ``info["points"]`` is the tip's pixel ``(1, 2)`` (row, col).
     - ``reset()`` draws theta uniform in [-pi, pi) and omega uniform in [-reset_speed, reset_speed] (default
-      3 pi, the whole speed range, as PCC's random-state sampler draws data);
+      3 pi, the whole speed range, as PCC's random-state sampler draws data), except that a ``rest_fraction`` of
+      resets start at rest (omega = 0: the planning protocols start there, and a uniform speed leaves few such
+      data);
       ``reset(options={"state": [theta, omega]})`` sets them (|omega| <= 3 pi).
     - reward: minus ``theta^2 + 0.1 omega^2 + 0.001 u^2`` (gymnasium's pendulum cost, at the state before the
       step; PCC's MDP has none); the episode never terminates or truncates (add a TimeLimit for episodes).
@@ -115,7 +117,7 @@ class PendulumEnv(gym.Env):
     env_id = "foresight/Pendulum-v0"  # as registered in envs/__init__.py: ENVS (named in errors)
     point_names = ["tip"]
 
-    def __init__(self, render_mode="rgb_array", max_torque=DEFAULT_TORQUE, reset_speed=MAX_SPEED):
+    def __init__(self, render_mode="rgb_array", max_torque=DEFAULT_TORQUE, reset_speed=MAX_SPEED, rest_fraction=0.0):
         if render_mode != "rgb_array":
             raise ForesightError(f"PendulumEnv: render_mode must be 'rgb_array', got {render_mode!r}")
         if isinstance(max_torque, bool) or not (isinstance(max_torque, numbers.Real) and np.isfinite(max_torque) and max_torque > 0):
@@ -123,7 +125,10 @@ class PendulumEnv(gym.Env):
         if isinstance(reset_speed, bool) or not (isinstance(reset_speed, numbers.Real) and 0 <= reset_speed <= MAX_SPEED):
             raise ForesightError(f"PendulumEnv: reset_speed must be a number in [0, 3 pi = {MAX_SPEED:.6f}], "
                                  f"got {reset_speed!r}")
+        if isinstance(rest_fraction, bool) or not (isinstance(rest_fraction, numbers.Real) and 0 <= rest_fraction <= 1):
+            raise ForesightError(f"PendulumEnv: rest_fraction must be a number in [0, 1], got {rest_fraction!r}")
         self.render_mode = render_mode
+        self.rest_fraction = float(rest_fraction)
         self.max_torque = float(max_torque)
         self.reset_speed = float(reset_speed)
         self.observation_space = spaces.Box(0, 255, (SIZE, SIZE, 1), dtype=np.uint8)
@@ -157,6 +162,8 @@ class PendulumEnv(gym.Env):
         else:
             th = self.np_random.uniform(-np.pi, np.pi)
             w = self.np_random.uniform(-self.reset_speed, self.reset_speed)
+            if self.rest_fraction and self.np_random.random() < self.rest_fraction:
+                w = 0.0
             self._state = np.array([wrap_angle(th), w])
         return self.render(), self._info()
 
