@@ -77,8 +77,9 @@ def ensure_data(recipe: str) -> None:
         sh(exe(), "collect", str(REPO / recipe), "--workers", str(THREADS["n"]), "--no-progress")
 
 
-def train(recipe: str, name: str, seed: int, reuse: bool, overrides: list[str]) -> tuple[Path, float]:
-    """Train one model (or keep a finished run with --reuse); return its run folder and training minutes."""
+def train(recipe: str, name: str, seed: int, reuse: bool, overrides: list[str]) -> tuple[Path, float, bool]:
+    """Train one model (or keep a finished run with --reuse); return its run folder, training minutes and whether
+    the run was kept."""
     from foresight import recipes, training
     from foresight.checkpoints import checkpoint_dir
 
@@ -89,18 +90,20 @@ def train(recipe: str, name: str, seed: int, reuse: bool, overrides: list[str]) 
     ckpt = checkpoint_dir(run)
     if reuse and ckpt and json.loads((ckpt / "state.json").read_text())["step"] >= r.train.steps:
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return run, max(row.get("seconds", 0.0) for row in rows) / 60
+        return run, max(row.get("seconds", 0.0) for row in rows) / 60, True
     shutil.rmtree(run, ignore_errors=True)
     start = time.perf_counter()
     sh(exe(), "train", str(path), *[a for item in sets for a in ("--set", item)], "--no-progress")
-    return run, (time.perf_counter() - start) / 60
+    return run, (time.perf_counter() - start) / 60, False
 
 
 def plan(run: Path | None, suite_path: str, pairs: int, planners: list[str], out: Path, heldout: bool = False,
-         plan_sets: list[str] = ()) -> dict:
+         plan_sets: list[str] = (), reuse: bool = False) -> dict:
     """Plan the suite's first `pairs` tasks (or its held-out twin's) with a trained run; each planner's summary.
-    ``plan_sets`` override the suite's keys (--plan-set)."""
+    ``plan_sets`` override the suite's keys (--plan-set); with ``reuse`` the tasks already planned in ``out`` under
+    the same settings are kept (``mpc.run_suite``'s resume)."""
     from foresight import recipes
+    from foresight.errors import ForesightError
     from foresight.planning import mpc, planners as planning, suites
 
     suite = suites.load(REPO / suite_path, [*plan_sets, f"tasks={pairs}"])
@@ -108,8 +111,15 @@ def plan(run: Path | None, suite_path: str, pairs: int, planners: list[str], out
         suite = suites.heldout(suite, suite_path)
     model = planning.load_model(run) if run is not None else None
     print(f"plan {suite_path} with {run.name if run else 'no model'}: {', '.join(planners)}", flush=True)
-    return mpc.run_suite(suite, out, model, planners, suite_path, videos=2, progress=False,
-                         resolved={**recipes.to_dict(suite), "model": str(run)})
+    resolved = {**recipes.to_dict(suite), "model": str(run)}
+    try:
+        return mpc.run_suite(suite, out, model, planners, suite_path, videos=2, progress=False, resolved=resolved,
+                             resume=reuse)
+    except ForesightError as e:  # planned before under other settings: those plans are another run's
+        if not reuse or "different run" not in str(e):
+            raise
+        print(f"{out}: planned under other settings before; planning again", flush=True)
+        return mpc.run_suite(suite, out, model, planners, suite_path, videos=2, progress=False, resolved=resolved)
 
 
 def mean_std(values) -> list[float]:
@@ -162,11 +172,11 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
         for seed in range(first_seed, first_seed + seeds):
             name = f"{kind}_{stem}{suffix(tag)}_seed{seed}"  # the plans' folder; the run's name when --set
             run_name = name if overrides else f"{kind}_{stem}_seed{seed}"  # only --plan-set: the default models
-            run, m = train(f"train/{kind}_{stem}.toml", run_name, seed, reuse, overrides)
+            run, m, kept = train(f"train/{kind}_{stem}.toml", run_name, seed, reuse, overrides)
             minutes[kind].append(round(m, 2))
             if key == "planar":
                 maps[kind].append(round(map_score(run), 3))
-            summary = plan(run, suite, pairs, list(planners), out / key / name, plan_sets=plan_sets)
+            summary = plan(run, suite, pairs, list(planners), out / key / name, plan_sets=plan_sets, reuse=kept)
             for p in planners:
                 values = [t["percent_in_goal"] for t in summary[p]["per_task"]]
                 percent[f"{kind}_{p}"] += values
@@ -174,7 +184,7 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
                 final_in_goal[f"{kind}_{p}"].append(summary[p]["success"])
                 for t in summary[p]["per_task"]:
                     per_goal[f"{kind}_{p}"][str(goals[t["task"] % len(goals)])].append(t["percent_in_goal"])
-            summary = plan(run, suite, pairs, list(planners), out / key / f"{name}_heldout", True, plan_sets)
+            summary = plan(run, suite, pairs, list(planners), out / key / f"{name}_heldout", True, plan_sets, kept)
             for p in planners:
                 values = [t["percent_in_goal"] for t in summary[p]["per_task"]]
                 twin[f"{kind}_{p}"] += values
@@ -206,7 +216,7 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
 
 def point_push_benchmark(pairs: int, reuse: bool, out: Path, overrides: list[str], tag: str = "") -> dict:
     ensure_data("data/point_push.toml")
-    run, minutes = train("train/e2c_point_push.toml", f"e2c_point_push{suffix(tag)}_seed0", 0, reuse, overrides)
+    run, minutes, _ = train("train/e2c_point_push.toml", f"e2c_point_push{suffix(tag)}_seed0", 0, reuse, overrides)
     summary = plan(run, "plan/point_push_goal.toml", pairs, ["cem", "ilqr", "random"],
                    out / f"point_push{suffix(tag)}")
 
@@ -246,7 +256,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=10, help="start-goal pairs per model (issue: 10)")
     ap.add_argument("--systems", default="planar,swingup,point_push")
     ap.add_argument("--kinds", default=",".join(PLANS), help=f"model kinds to train and plan ({', '.join(PLANS)})")
-    ap.add_argument("--reuse", action="store_true", help="keep finished runs of the same names")
+    ap.add_argument("--reuse", action="store_true", help="keep finished runs of the same names, and their finished "
+                    "plans under the same settings (two runs on disjoint --first-seed ranges, then one on all seeds, "
+                    "share the cores)")
     ap.add_argument("--baselines-only", action="store_true",
                     help="planar / swingup: run only random and the oracle, keeping the models' figures in the file")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
