@@ -91,6 +91,9 @@ def train(recipe: str, name: str, seed: int, reuse: bool, overrides: list[str]) 
     if reuse and ckpt and json.loads((ckpt / "state.json").read_text())["step"] >= r.train.steps:
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return run, max(row.get("seconds", 0.0) for row in rows) / 60, True
+    data = training.resolve_paths(r, path)[0]
+    if data.with_suffix(".toml").exists():  # a kind may train on its own data (PC3's pendulum: data/pendulum_rest)
+        ensure_data(str(data.with_suffix(".toml").relative_to(REPO)))
     shutil.rmtree(run, ignore_errors=True)
     start = time.perf_counter()
     sh(exe(), "train", str(path), *[a for item in sets for a in ("--set", item)], "--no-progress")
@@ -127,10 +130,11 @@ def mean_std(values) -> list[float]:
     return [round(float(v.mean()), 2), round(float(v.std()), 2)]
 
 
-def baselines(key: str, pairs: int, out: Path, heldout: bool = False) -> dict:
-    """Random actions and the oracle (CEM on the true state) on a system's suite (or its held-out twin)."""
+def baselines(key: str, pairs: int, out: Path, heldout: bool = False, reuse: bool = False) -> dict:
+    """Random actions and the oracle (CEM on the true state) on a system's suite (or its held-out twin); with
+    ``reuse`` the tasks planned before under the same settings are kept."""
     summary = plan(None, SYSTEMS[key][2], pairs, ["random", "oracle"],
-                   out / key / ("baselines_heldout" if heldout else "baselines"), heldout)
+                   out / key / ("baselines_heldout" if heldout else "baselines"), heldout, reuse=reuse)
     return {p: mean_std([t["percent_in_goal"] for t in summary[p]["per_task"]]) for p in ("random", "oracle")}
 
 
@@ -197,9 +201,9 @@ def system_benchmark(key: str, seeds: int, pairs: int, reuse: bool, out: Path, o
     result["per_model"] = {k: [round(v, 1) for v in vs] for k, vs in per_model.items()}
     # a variant (--tag) plans the same suites: its file holds the models' figures, e2c.json the baselines'
     result.update({
-        **({} if tag else baselines(key, pairs, out)),
+        **({} if tag else baselines(key, pairs, out, reuse=reuse)),
         "heldout": {**{k: mean_std(v) for k, v in twin.items()},
-                    **({} if tag else baselines(key, pairs, out, heldout=True))},
+                    **({} if tag else baselines(key, pairs, out, heldout=True, reuse=reuse))},
         "heldout_per_model": twin_per_model,
         "reference": REFERENCE[key],
         "std_over_model_means": {k: round(float(np.std(v)), 2) for k, v in per_model.items()},
