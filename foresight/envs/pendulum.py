@@ -162,6 +162,7 @@ class PendulumEnv(gym.Env):
         else:
             th = self.np_random.uniform(-np.pi, np.pi)
             w = self.np_random.uniform(-self.reset_speed, self.reset_speed)
+            # no extra draw at 0: the default data stay as they were
             if self.rest_fraction and self.np_random.random() < self.rest_fraction:
                 w = 0.0
             self._state = np.array([wrap_angle(th), w])
